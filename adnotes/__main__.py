@@ -1,0 +1,60 @@
+"""Command line: ``python -m adnotes demo | data get NAME | data mini``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adnotes", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="training-free nearest-neighbour baseline on the offline data")
+    demo.add_argument("--dataset", default="mini", choices=("mini", "mvtec", "visa"))
+    demo.add_argument("--root", help="dataset folder (default: <ADNOTES_HOME>/data/<dataset>)")
+    demo.add_argument("--backbone", default="efficientnet_lite0",
+                      help="timm model name; efficientnet_b4 is the paper's (needs --weights hub)")
+    demo.add_argument("--weights", default="offline", help="offline | hub | path to a .pth file")
+    demo.add_argument("--image-size", type=int, default=224)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu")
+
+    data = commands.add_parser("data", help="make or download datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    get = data_commands.add_parser("get", help="download, verify (sha256) and extract a dataset")
+    get.add_argument("name", choices=("mvtec", "visa", "cifar10"))
+    get.add_argument("--root", required=True, type=Path, help="folder to download and extract into")
+    get.add_argument("--force", action="store_true", help="extract (and convert) again over an incomplete folder")
+    mini = data_commands.add_parser("mini", help="generate the offline adnotes-mini dataset")
+    mini.add_argument("--root", type=Path, help="output folder (default: <ADNOTES_HOME>/data/adnotes-mini)")
+    mini.add_argument("--seed", type=int, default=0)
+    mini.add_argument("--size", default="default", help="test images per class, or a preset name")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import DemoConfig, run_demo
+
+            run_demo(DemoConfig(dataset=args.dataset, root=args.root, backbone=args.backbone,
+                                weights=args.weights, image_size=args.image_size, seed=args.seed),
+                     device=args.device)
+        elif args.data_command == "get":
+            from .data.download import get
+
+            print(f"{args.name} is ready at {get(args.name, args.root, force=args.force)}")
+        else:
+            from .data.mini import make_mini
+            from .paths import data_dir
+
+            size = int(args.size) if args.size.isdigit() else args.size
+            root = make_mini(args.root or data_dir() / "adnotes-mini", seed=args.seed, size=size)
+            print(f"adnotes-mini is ready at {root}")
+    except (OSError, ValueError, RuntimeError) as error:  # bad input: the message says what to do
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

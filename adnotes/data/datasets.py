@@ -1,0 +1,316 @@
+"""Datasets of the multi-class (unified) anomaly-detection protocol.
+
+Industrial AD (MVTec-AD, VisA, adnotes-mini): one training set made of the normal images of
+*all* classes, and a test set per class with normal and defective images and pixel masks
+(UniAD §4.1, "unified" setting). Semantic AD (CIFAR-10, digits): a set of classes is normal and
+the rest anomalous (UniAD Tab. 4, many-vs-many); there are no pixel masks.
+
+Every source is read into a list of :class:`Record` and served by :class:`ADDataset`, whose items
+are the papers' transforms: resize to ``image_size`` (bilinear), ImageNet normalisation; masks
+resized with nearest neighbour (UniAD `datasets/custom_dataset.py`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+MVTEC_CLASSES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+                 "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
+VISA_CLASSES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
+                "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+MVTEC_LAYOUT = """\
+  <root>/<class>/train/good/*.png
+  <root>/<class>/test/good/*.png
+  <root>/<class>/test/<defect>/*.png
+  <root>/<class>/ground_truth/<defect>/<name>_mask.png"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of a dataset: where it is, its label and, for a defect, its mask."""
+
+    image: Path | np.ndarray  # a file, or an in-memory (H, W, 3) uint8 array (semantic AD)
+    label: int                # 0 normal, 1 anomalous
+    cls: str                  # class name; for semantic AD the name of the normal set
+    defect: str = "good"
+    mask: Path | None = None  # None: all-normal pixels (or no pixel labels at all)
+
+
+def _missing(root: Path, what: str, layout: str, where: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found at {root}.\nExpected layout:\n{layout}\n{where}"
+    )
+
+
+# --------------------------------------------------------------------------- MVTec layout
+
+def mvtec_records(root: str | Path, split: str, classes: Sequence[str] | None = None) -> list[Record]:
+    """Records of a dataset in the MVTec-AD layout (MVTec-AD, converted VisA, adnotes-mini).
+
+    ``split`` is "train" (normal images of every class: the unified training set) or "test".
+    ``classes`` defaults to every class folder found under ``root``.
+    """
+    root = Path(root)
+    where = ("Get MVTec-AD with `python -m adnotes data get mvtec --root DIR` "
+             "(https://www.mvtec.com/company/research/datasets/mvtec-ad), or make the offline "
+             "dataset with `python -m adnotes data mini --root DIR`.")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    if not found:
+        raise _missing(root, "A dataset in the MVTec-AD layout", MVTEC_LAYOUT, where)
+    classes = list(classes) if classes is not None else found
+    if unknown := sorted(set(classes) - set(found)):
+        raise _missing(root / unknown[0], f"Class folder(s) {unknown} (found: {found})", MVTEC_LAYOUT, where)
+
+    records = []
+    for cls in classes:
+        split_dir = root / cls / split
+        if not split_dir.is_dir():
+            raise _missing(split_dir, f"The {split} split of class {cls!r}", MVTEC_LAYOUT, where)
+        for defect_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            defect = defect_dir.name
+            for image in _images(defect_dir):
+                if defect == "good":
+                    records.append(Record(image, 0, cls))
+                    continue
+                mask = root / cls / "ground_truth" / defect / f"{image.stem}_mask.png"
+                if not mask.is_file():
+                    raise _missing(mask, f"The mask of {image}", MVTEC_LAYOUT, where)
+                records.append(Record(image, 1, cls, defect, mask))
+    if split == "test" and not any(r.label for r in records):
+        raise ValueError(f"The test split under {root} has no defective image: is it complete?")
+    return records
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# --------------------------------------------------------------------------- VisA (raw)
+
+VISA_LAYOUT = """\
+  <root>/split_csv/1cls.csv            (columns: object,split,label,image,mask)
+  <root>/<class>/Data/Images/{Normal,Anomaly}/*.JPG
+  <root>/<class>/Data/Masks/Anomaly/*.png"""
+
+
+def visa_records(root: str | Path, split: str, classes: Sequence[str] | None = None) -> list[Record]:
+    """Records of VisA's own 1cls protocol, read from ``split_csv/1cls.csv``.
+
+    A VisA folder already converted to the MVTec layout (``python -m adnotes data get visa``
+    writes ``visa_pytorch/``) is read with :func:`mvtec_records` instead.
+    """
+    root = Path(root)
+    table = root / "split_csv" / "1cls.csv"
+    if not table.is_file():
+        if root.is_dir() and any((p / "train").is_dir() for p in root.iterdir()):
+            return mvtec_records(root, split, classes)
+        raise _missing(root, "VisA", VISA_LAYOUT,
+                       "Get it with `python -m adnotes data get visa --root DIR` "
+                       "(https://github.com/amazon-science/spot-diff).")
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+    if classes is not None:
+        rows = [r for r in rows if r["object"] in set(classes)]
+    records = []
+    for r in rows:
+        anomalous = r["label"] == "anomaly"
+        image = root / r["image"]
+        mask = root / r["mask"] if anomalous and r.get("mask") else None
+        for path in (image, mask):
+            if path is not None and not path.is_file():
+                raise _missing(path, "A file listed in split_csv/1cls.csv", VISA_LAYOUT,
+                               "The VisA folder looks incomplete: extract the archive again.")
+        records.append(Record(image, int(anomalous), r["object"], "bad" if anomalous else "good", mask))
+    return records
+
+
+# --------------------------------------------------------------------------- semantic AD
+
+def cifar10_records(root: str | Path, split: str, normal: Sequence[int]) -> list[Record]:
+    """CIFAR-10 many-vs-many (UniAD Tab. 4): ``normal`` classes are normal, the others anomalous.
+
+    Reads the standard python pickle batches (``data_batch_1..5``, ``test_batch``) from ``root``
+    (the ``cifar-10-batches-py`` folder). Train: the normal classes' training images. Test: every
+    test image (5 000 normal + 5 000 anomalous for 5 normal classes, as UniAD's sampling amounts to).
+    """
+    root = Path(root)
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in files:
+        path = root / name
+        if not path.is_file():
+            raise _missing(path, "CIFAR-10 (python version)",
+                           "  <root>/data_batch_1 … data_batch_5, <root>/test_batch",
+                           "Get it with `python -m adnotes data get cifar10 --root DIR` "
+                           "(https://www.cs.toronto.edu/~kriz/cifar.html).")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"]))
+    return _semantic(np.concatenate(images), np.concatenate(labels), split, normal, "cifar10")
+
+
+def digits_records(split: str, normal: Sequence[int], seed: int = 0) -> list[Record]:
+    """scikit-learn's 8×8 digits as the offline stand-in for CIFAR-10, same protocol.
+
+    The 1 797 images are split half/half into train and test, stratified by digit, with ``seed``.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.repeat((digits.images * (255 / 16)).astype(np.uint8)[..., None], 3, axis=-1)  # (N, 8, 8, 3)
+    idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.5,
+                                           stratify=digits.target, random_state=seed)
+    idx = idx_train if split == "train" else idx_test
+    return _semantic(images[idx], digits.target[idx], split, normal, "digits")
+
+
+def _semantic(images: np.ndarray, labels: np.ndarray, split: str, normal: Sequence[int], name: str) -> list[Record]:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    normal = set(int(c) for c in normal)
+    if not normal or not normal < set(int(c) for c in np.unique(labels)):
+        raise ValueError(f"normal classes {sorted(normal)} must be a non-empty proper subset of the labels")
+    cls = f"{name}-" + "".join(str(c) for c in sorted(normal))
+    keep = [i for i, y in enumerate(labels) if split == "test" or int(y) in normal]
+    return [Record(images[i], int(int(labels[i]) not in normal), cls,
+                   "good" if int(labels[i]) in normal else f"class{int(labels[i])}") for i in keep]
+
+
+# --------------------------------------------------------------------------- the dataset
+
+class ADDataset(Dataset):
+    """Images (and masks) of a list of records, transformed as in the papers.
+
+    Item: ``{"image": (3, S, S) float, "mask": (1, S, S) float in {0, 1}, "label": int,
+    "cls": str, "index": int}`` with S = ``image_size``. Semantic-AD records have no pixel
+    labels: ``has_masks`` is False and their masks are all zero.
+    """
+
+    def __init__(self, records: Sequence[Record], image_size: int = 224, name: str = "dataset"):
+        if not records:
+            raise ValueError(f"{name}: no images")
+        self.records = list(records)
+        self.image_size = image_size
+        self.name = name
+        self.has_masks = not isinstance(self.records[0].image, np.ndarray)
+        self.classes = sorted({r.cls for r in self.records})
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records])
+
+    def load_image(self, index: int) -> Image.Image:
+        """The image as stored (RGB, original size)."""
+        r = self.records[index]
+        if isinstance(r.image, np.ndarray):
+            return Image.fromarray(r.image)
+        return _open(r.image).convert("RGB")
+
+    def load_mask(self, index: int, size: tuple[int, int]) -> np.ndarray:
+        """The (H, W) bool mask (any non-zero pixel is defect) at the stored image's ``size`` (W, H)."""
+        r = self.records[index]
+        if r.mask is None:
+            return np.zeros(size[::-1], dtype=bool)
+        mask = _open(r.mask).convert("L")
+        if mask.size != size:
+            raise ValueError(f"mask {r.mask} is {mask.size[0]}×{mask.size[1]} but its image {r.image} "
+                             f"is {size[0]}×{size[1]}: they must have the same size")
+        return np.asarray(mask) > 0  # MVTec: 0/255; VisA: region ids
+
+    def __getitem__(self, index: int) -> dict:
+        r = self.records[index]
+        image = self.load_image(index)
+        mask = self.load_mask(index, image.size)
+        s = self.image_size
+        image = image.resize((s, s), Image.BILINEAR)
+        mask = Image.fromarray(mask).resize((s, s), Image.NEAREST)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        return {
+            "image": (x - self._mean) / self._std,                              # (3, S, S)
+            "mask": torch.from_numpy(np.asarray(mask, dtype=np.float32))[None],  # (1, S, S)
+            "label": r.label,
+            "cls": r.cls,
+            "index": index,
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash of the files (path, size, mtime), labels and image size: the cache key."""
+        h = hashlib.sha1(f"{self.image_size}".encode())
+        for r in self.records:
+            if isinstance(r.image, np.ndarray):
+                h.update(r.image.tobytes())
+            else:
+                for p in (r.image, r.mask):
+                    if p is not None:
+                        st = p.stat()
+                        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            h.update(f"|{r.label}|{r.cls}".encode())
+        return h.hexdigest()[:12]
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"cannot read image {path}: {e}. Replace or delete the file.") from None
+    return image
+
+
+# --------------------------------------------------------------------------- by name
+
+DATASETS = ("mini", "mvtec", "visa", "cifar10", "digits")
+
+
+def load_dataset(name: str, split: str, *, root: str | Path | None = None,
+                 classes: Sequence[str] | None = None, normal: Sequence[int] = (0, 1, 2, 3, 4),
+                 image_size: int = 224) -> ADDataset:
+    """A dataset by name: ``mini`` (offline default, made on first use), ``mvtec``, ``visa``,
+    ``cifar10`` or ``digits``. ``root`` defaults to ``adnotes.paths.data_dir() / <folder>``;
+    ``normal`` are the normal classes of the semantic sets (UniAD Tab. 4 uses {0..4}, {5..9},
+    {0,2,4,6,8}, {1,3,5,7,9})."""
+    from ..paths import data_dir
+
+    folders = {"mini": "adnotes-mini", "mvtec": "mvtec_anomaly_detection", "visa": "visa_pytorch",
+               "cifar10": "cifar-10-batches-py"}
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = Path(root) if root is not None else data_dir() / folders.get(name, "")
+    if name == "mini":
+        from .mini import make_mini
+
+        make_mini(root)  # returns at once when the dataset is already there
+        records = mvtec_records(root, split, classes)
+    elif name == "mvtec":
+        records = mvtec_records(root, split, classes)
+    elif name == "visa":
+        records = visa_records(root, split, classes)
+    elif name == "cifar10":
+        records = cifar10_records(root, split, normal)
+    else:
+        records = digits_records(split, normal)
+    return ADDataset(records, image_size, name=f"{name}/{split}")

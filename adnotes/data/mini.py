@@ -1,0 +1,463 @@
+"""adnotes-mini: a small, offline multi-class anomaly-detection dataset made from real photos.
+
+MVTec-AD and VisA cannot be downloaded everywhere, so every lab can run on this dataset instead.
+It is generated in seconds from photos that scikit-image ships (no network), and written in the
+MVTec-AD layout so the same loaders read it::
+
+    <root>/<class>/train/good/000.png
+    <root>/<class>/test/good/000.png
+    <root>/<class>/test/<defect_type>/000.png
+    <root>/<class>/ground_truth/<defect_type>/000_mask.png      (binary 0/255, same H x W)
+    <root>/adnotes_mini.json                                    (manifest, see below)
+
+Conventions:
+
+* One class per source photo. Train and test crops come from two disjoint rectangles of the photo
+  (separated by a gap), so a test image never shares a pixel with a training image. Crops have a
+  random position and a random flip / 90-degree rotation (flips only where the photo has an
+  orientation), and are resized to ``image_size``.
+* Defects are synthetic and their masks are exact: a pixel is in the mask if and only if the
+  defect may have changed it, and every pixel outside the mask is left byte-identical
+  (:func:`apply_defect` guarantees it by construction). Sizes range from ~0.2 % to ~5 % of the
+  image and contrasts from subtle to obvious (:class:`MiniSettings`), in the spirit of the
+  synthetic anomalies of DRAEM / CutPaste, so a good model should not reach 100 %.
+* Everything is deterministic from ``seed``: the same seed and parameters give byte-identical
+  files. Boxes are ``[x0, y0, x1, y1]`` in pixels, half-open.
+* ``adnotes_mini.json`` records the generator version, seed, parameters, the source regions of
+  every class and one row per image (crop box, transform, defect type, bbox, area, strength), so
+  ``pandas.DataFrame(manifest["images"])`` is a ready-made table of the dataset.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+__all__ = ["CLASSES", "DEFECT_TYPES", "SIZES", "MiniSettings", "make_mini", "apply_defect",
+           "source_images", "MANIFEST_NAME", "GENERATOR_VERSION"]
+
+GENERATOR_VERSION = 1  # bump whenever the generated pixels change for the same parameters
+MANIFEST_NAME = "adnotes_mini.json"
+SIZES = {"small": 20, "default": 60, "large": 120}  # test images per class; half of them defective
+DEFECT_TYPES = ("foreign_patch", "scratch", "hole", "stain", "deformation")
+
+
+Box = tuple[int, int, int, int]  # [x0, y0, x1, y1] in pixels, half-open
+
+
+def _checkerboard(x0: int, y0: int, x1: int, y1: int, xgap: int = 16, ygap: int = 16
+                  ) -> tuple[tuple[Box, ...], tuple[Box, ...]]:
+    """Split a rectangle into 2 x 2 tiles separated by gaps: the top-left and bottom-right tiles
+    for training, the other two for testing, so both splits see every part of the photo (its
+    lighting, perspective and mix of content) and still share no pixel."""
+    xm, ym = (x0 + x1) // 2, (y0 + y1) // 2
+    left, right = (x0, xm - xgap // 2), (xm + xgap // 2, x1)
+    top, bottom = (y0, ym - ygap // 2), (ym + ygap // 2, y1)
+    tile = lambda xs, ys: (xs[0], ys[0], xs[1], ys[1])  # noqa: E731
+    return (tile(left, top), tile(right, bottom)), (tile(right, top), tile(left, bottom))
+
+
+@dataclass(frozen=True)
+class _Source:
+    """How one class is cut out of one scikit-image photo (boxes and crop side in photo pixels)."""
+    name: str
+    photo: str  # function name in skimage.data
+    regions: tuple[tuple[Box, ...], tuple[Box, ...]]  # (train boxes, test boxes)
+    crop: int  # side of a square crop before the scale jitter
+    any_angle: bool = True  # rotate by any angle; False: only flips (the photo has an up and down)
+    duotone: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # grey 0 -> [0], 255 -> [1]
+
+
+_SOURCES = (
+    _Source("brick", "brick", _checkerboard(0, 0, 512, 512), 160, False, ((48, 20, 14), (236, 152, 118))),
+    _Source("grass", "grass", _checkerboard(0, 0, 512, 512), 160, True, ((14, 34, 8), (176, 222, 124))),
+    _Source("gravel", "gravel", _checkerboard(0, 0, 512, 512), 160, True, ((30, 28, 24), (230, 218, 196))),
+    _Source("tissue", "immunohistochemistry", _checkerboard(0, 0, 512, 512), 160),
+    _Source("stars", "hubble_deep_field", _checkerboard(0, 0, 1000, 872), 224),
+    # a band above and one below the macula, away from the optic disc and the black border
+    _Source("fundus", "retina", _checkerboard(380, 180, 1100, 1240, ygap=220), 240),
+)
+_BY_NAME = {s.name: s for s in _SOURCES}
+CLASSES = tuple(s.name for s in _SOURCES)
+
+
+@dataclass(frozen=True)
+class MiniSettings:
+    """How hard the defects are (every defect draws its size and strength from these ranges), and
+    how crops vary."""
+    area: tuple[float, float] = (0.002, 0.05)  # blob area / image area, drawn log-uniformly
+    strength: tuple[float, float] = (0.2, 1.0)  # contrast: ~0.2 barely visible, 1 obvious
+    similar_donor: float = 0.5  # P(foreign patch = same photo at another scale, else another class)
+    scratch_width: tuple[float, float] = (1.0, 3.5)  # pixels at image_size 224
+    edge_alpha: float = 0.35  # opacity at a blob's edge; it ramps to 1 inward (no soft outer halo)
+    min_contrast: float = 4.0  # a defect must change its mask by this many grey levels on average
+    scale_jitter: float = 0.12  # crop side x exp(U(-j, j)), for normal images and defects alike
+    png_compress_level: int = 6
+
+
+# --------------------------------------------------------------------------- source photos
+
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    spec = _BY_NAME[name]
+    image = getattr(skimage.data, spec.photo)()  # bundled with scikit-image: no download
+    if image.ndim == 2:  # grey texture -> plausible colours with a two-colour ramp
+        dark, light = (np.array(c, np.float32) for c in spec.duotone)
+        image = dark + (light - dark) * (image[..., None].astype(np.float32) / 255)
+        image = np.round(image).astype(np.uint8)
+    image.setflags(write=False)
+    return image  # (H, W, 3) uint8
+
+
+def source_images() -> dict[str, np.ndarray]:
+    """Class name -> the scikit-image photo its crops come from, as (H, W, 3) uint8 RGB
+    (grey textures already tinted the way the dataset shows them)."""
+    return {name: _photo(name).copy() for name in CLASSES}
+
+
+@functools.lru_cache(maxsize=None)
+def _photo_pil(name: str) -> Image.Image:
+    return Image.fromarray(_photo(name))
+
+
+_SUPPORT = 2  # bicubic interpolation reads up to 2 photo pixels beyond a sample point
+
+
+def _crop(name: str, split: int, side: float, image_size: int, jitter: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A square crop of about ``side`` photo pixels from one of the split's boxes (0 train, 1 test),
+    at a random position, angle (or flip), and scale ``exp(U(-jitter, jitter))``, resampled to
+    ``image_size`` by one bicubic affine map. No two crops are pixel-identical, so a model cannot
+    simply memorise the training photo region.
+
+    Returns the (S, S, 3) uint8 image and its record: ``affine``, the PIL AFFINE coefficients
+    (output pixel (u, v) samples the photo at (a u + b v + c, d u + e v + f)), and ``crop``,
+    the box of photo pixels it reads.
+    """
+    spec = _BY_NAME[name]
+    boxes = spec.regions[split]
+    x0, y0, x1, y1 = boxes[rng.integers(len(boxes))]
+    side *= math.exp(rng.uniform(-jitter, jitter))
+    angle = rng.uniform(0, 2 * math.pi) if spec.any_angle else math.pi * rng.integers(2)
+    flip = -1.0 if rng.integers(2) else 1.0
+    cos, sin = math.cos(angle), math.sin(angle)
+    span = abs(cos) + abs(sin)  # width of the rotated square's bounding box / its side
+    side = min(side, (min(x1 - x0, y1 - y0) - 2 * _SUPPORT - 1) / span)  # big tilted crops: shrink
+    half = side * span / 2 + _SUPPORT
+    cx, cy = rng.uniform(x0 + half, x1 - half), rng.uniform(y0 + half, y1 - half)
+    k = side / image_size
+    a, b, d, e = k * flip * cos, -k * sin, k * flip * sin, k * cos
+    affine = [a, b, cx - (a + b) * image_size / 2, d, e, cy - (d + e) * image_size / 2]
+    image = _photo_pil(name).transform((image_size, image_size), Image.AFFINE, affine, Image.BICUBIC)
+    box = [math.floor(cx - half), math.floor(cy - half), math.ceil(cx + half), math.ceil(cy + half)]
+    return np.asarray(image), {"crop": box, "affine": affine}
+
+
+# --------------------------------------------------------------------------- defects
+
+def _blob(shape: tuple[int, int], rng: np.random.Generator, area: float,
+          centre: tuple[float, float] | None = None) -> np.ndarray:
+    """A hard-edged irregular blob of about ``area`` pixels: an ellipse whose radius wobbles with a
+    few low harmonics. Returns a (H, W) bool mask (cut by the image border if it reaches it)."""
+    h, w = shape
+    r = math.sqrt(area / math.pi)
+    stretch = math.exp(rng.uniform(-0.6, 0.6))
+    a, b = r * stretch, r / stretch
+    if centre is None:
+        margin = min(max(a, b), min(h, w) / 2 - 1)
+        centre = (rng.uniform(margin, h - margin), rng.uniform(margin, w - margin))
+    angle = rng.uniform(0, math.pi)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    theta = np.arctan2(v / b, u / a)
+    radius = np.ones_like(theta)
+    for k in range(2, 6):
+        radius += rng.uniform(0, 0.25 / k) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+    mask = np.hypot(u / a, v / b) <= radius
+    if not mask.any():  # a tiny blob that fell between pixel centres: keep its centre pixel
+        mask[min(int(centre[0]), h - 1), min(int(centre[1]), w - 1)] = True
+    return mask
+
+
+def _inner_alpha(mask: np.ndarray, ramp: float, edge: float) -> np.ndarray:
+    """Opacity that is ``edge`` on the blob's border pixels and rises to 1 over ``ramp`` pixels
+    inward; exactly 0 outside. Softens edges without touching a pixel outside the mask."""
+    inside = ndimage.distance_transform_edt(mask)  # 1 on border pixels, 0 outside
+    ramp_up = np.clip((inside - 1) / max(ramp, 1e-6), 0, 1)
+    return np.where(mask, edge + (1 - edge) * ramp_up, 0).astype(np.float32)  # (H, W)
+
+
+def _foreign_patch(clean, rng, donor, strength, area, s: MiniSettings):
+    """A piece of another surface pasted in. Low strength matches the donor's mean colour to the
+    surrounding surface, so only its texture gives it away."""
+    if donor is None or donor.shape != clean.shape:
+        raise ValueError(f"foreign_patch needs a donor image of the same shape as the image "
+                         f"{clean.shape}, got {None if donor is None else donor.shape}")
+    mask = _blob(clean.shape[:2], rng, area)
+    donor = donor.astype(np.float32)
+    donor += (1 - strength) * (clean[mask].mean(0) - donor[mask].mean(0))  # colour matching
+    alpha = _inner_alpha(mask, ramp=2, edge=s.edge_alpha)[..., None]
+    return clean + alpha * (donor - clean), mask
+
+
+def _scratch(clean, rng, donor, strength, area, s: MiniSettings):
+    """A thin curved stroke (quadratic Bezier), brighter on dark surfaces and darker on light ones."""
+    h, w = clean.shape[:2]
+    scale = min(h, w) / 224
+    length = rng.uniform(0.15, 0.6) * min(h, w)
+    width = rng.uniform(*s.scratch_width) * scale
+    start = rng.uniform(0.1, 0.9, 2) * (h, w)
+    heading = rng.uniform(0, 2 * math.pi)
+    end = start + length * np.array([math.sin(heading), math.cos(heading)])
+    bend = start + (end - start) / 2 + rng.uniform(-0.35, 0.35) * length * np.array(
+        [math.cos(heading), -math.sin(heading)])
+    t = np.linspace(0, 1, int(4 * length) + 2)[:, None]
+    points = np.round((1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t ** 2 * end).astype(int)
+    points = points[(points[:, 0] >= 0) & (points[:, 0] < h) & (points[:, 1] >= 0) & (points[:, 1] < w)]
+    line = np.zeros((h, w), bool)
+    line[points[:, 0], points[:, 1]] = True  # the start lies inside, so the line is never empty
+    to_line = ndimage.distance_transform_edt(~line)
+    half = max(0.0, (width - 1) / 2)
+    mask = to_line <= half
+    profile = 1 - 0.5 * to_line / (half + 1)  # strongest on the centre line
+    sign = 1.0 if clean[mask].mean() < 128 else -1.0
+    delta = sign * (10 + 100 * strength) * profile
+    return clean + np.where(mask, delta, 0)[..., None], mask
+
+
+def _hole(clean, rng, donor, strength, area, s: MiniSettings):
+    """A dark pit: darkens toward a dark floor with depth, and shades the rim as if lit from one
+    side (the inner wall facing the light brightens, the opposite wall darkens)."""
+    mask = _blob(clean.shape[:2], rng, area)
+    inside = ndimage.distance_transform_edt(mask)
+    rim = max(1.5, 0.3 * math.sqrt(area / math.pi))
+    depth = np.clip(inside / rim, 0, 1).astype(np.float32)  # > 0 on every mask pixel
+    floor = 0.15 * clean + 12
+    darkness = (0.4 + 0.6 * strength) * depth[..., None]
+    out = clean + darkness * (floor - clean)
+    light = rng.normal(size=2)
+    light /= np.linalg.norm(light)
+    gy, gx = np.gradient(ndimage.gaussian_filter(depth, 1.0))
+    shade = -(gy * light[0] + gx * light[1]) * rim  # ~+-1 on the rim, 0 in the flat bottom
+    out += np.where(mask, 70 * strength * np.clip(shade, -1, 1), 0)[..., None]
+    return out, mask
+
+
+_STAIN_COLOURS = np.array([[150, 75, 30], [95, 60, 35], [205, 175, 70], [45, 60, 150],
+                           [95, 125, 45], [230, 225, 215], [25, 20, 20]], np.float32)
+
+
+def _stain(clean, rng, donor, strength, area, s: MiniSettings):
+    """A tinted, translucent blob (rust, coffee, oil, ink, ...) with soft inner edges."""
+    mask = _blob(clean.shape[:2], rng, area)
+    mean = clean[mask].mean(0)
+    far = _STAIN_COLOURS[np.abs(_STAIN_COLOURS - mean).max(1) >= 60]  # visibly different colours
+    colour = far[rng.integers(len(far))] if len(far) else 255 - mean
+    ramp = 0.3 * math.sqrt(area / math.pi)
+    alpha = _inner_alpha(mask, ramp=ramp, edge=s.edge_alpha)[..., None]
+    return clean + (0.1 + 0.65 * strength) * alpha * (colour - clean), mask
+
+
+def _deformation(clean, rng, donor, strength, area, s: MiniSettings):
+    """A local bulge, pinch or swirl of the surface. The displacement falls smoothly to 0 at radius
+    R; the mask is where it is >= 0.5 px, and the image is left untouched everywhere else."""
+    h, w = clean.shape[:2]
+    radius = max(12 * min(h, w) / 224, 2 * math.sqrt(area / math.pi))
+    margin = min(radius, min(h, w) / 2 - 1)
+    # a warp of a flat area changes nothing: of a few random centres, take the one with the most
+    # edges (mean squared gradient) within the radius
+    grey = clean.mean(-1)
+    edges = ndimage.uniform_filter(ndimage.sobel(grey, 0) ** 2 + ndimage.sobel(grey, 1) ** 2, int(radius))
+    candidates = rng.uniform(margin, (h - margin, w - margin), (16, 2))
+    cy, cx = candidates[np.argmax(edges[candidates[:, 0].astype(int), candidates[:, 1].astype(int)])]
+
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    falloff = np.clip(1 - np.hypot(dy, dx) / radius, 0, 1) ** 2  # 1 at the centre, 0 beyond R
+    kind = rng.integers(3)
+    if kind < 2:  # bulge (samples pulled toward the centre) or pinch (pushed away)
+        k = (0.45 + 0.45 * strength) * (1 if kind == 0 else -1)  # max shift 4/27 * k * R
+        sy, sx = cy + dy * (1 - k * falloff), cx + dx * (1 - k * falloff)
+    else:  # swirl: rotate by an angle that fades with the distance
+        phi = rng.choice((-1, 1)) * (1 + 3 * strength) * falloff
+        sy = cy + dx * np.sin(phi) + dy * np.cos(phi)
+        sx = cx + dx * np.cos(phi) - dy * np.sin(phi)
+    mask = np.hypot(sy - yy, sx - xx) >= 0.5
+    warped = np.stack([ndimage.map_coordinates(clean[..., c], [sy, sx], order=1, mode="nearest")
+                       for c in range(clean.shape[2])], -1)
+    return np.where(mask[..., None], warped, clean), mask
+
+
+_TRIES = 20
+MIN_CHANGED = 0.5  # at least this fraction of a mask's pixels differ from the clean image
+_DEFECTS = dict(zip(DEFECT_TYPES, (_foreign_patch, _scratch, _hole, _stain, _deformation)))
+
+
+def apply_defect(image: np.ndarray, kind: str, rng: np.random.Generator, donor: np.ndarray | None = None,
+                 *, strength: float | None = None, settings: MiniSettings = MiniSettings()
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Add one synthetic defect to ``image`` (H, W, 3) uint8.
+
+    ``donor`` (H, W, 3) uint8 is the surface pasted in by ``foreign_patch`` (ignored otherwise).
+    ``strength`` in [0, 1] defaults to a draw from ``settings.strength``; the size is drawn from
+    ``settings.area``. Returns ``(defective, mask)``: (H, W, 3) uint8 and (H, W) bool, with every
+    pixel outside ``mask`` identical to ``image``. Inside it at least ``MIN_CHANGED`` of the pixels
+    change, by ``settings.min_contrast`` grey levels on average (else the defect is drawn again).
+    """
+    if kind not in _DEFECTS:
+        raise ValueError(f"unknown defect type {kind!r}; choose one of {', '.join(DEFECT_TYPES)}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if strength is None:
+        strength = float(rng.uniform(*settings.strength))
+    low, high = settings.area
+    clean = image.astype(np.float32)
+    for _ in range(_TRIES):  # redraw a defect that would be invisible (e.g. a swirl of black sky)
+        area = math.exp(rng.uniform(math.log(low), math.log(high))) * image.shape[0] * image.shape[1]
+        out, mask = _DEFECTS[kind](clean, rng, donor, strength, area, settings)
+        out = np.where(mask[..., None], np.clip(np.round(out), 0, 255).astype(np.uint8), image)
+        change = np.abs(out.astype(np.int16) - image).max(-1)  # (H, W)
+        if mask.any() and (change[mask] > 0).mean() >= MIN_CHANGED and change[mask].mean() >= settings.min_contrast:
+            return out, mask
+    raise RuntimeError(f"could not make a visible {kind} on this {image.shape} image in {_TRIES} "
+                       "tries: is the image flat, or too small?")
+
+
+# --------------------------------------------------------------------------- the dataset
+
+def _counts(size: str | int) -> dict[str, int]:
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}: use one of {', '.join(SIZES)} or a number of "
+                             "test images per class (>= 2)")
+        size = SIZES[size]
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+        raise ValueError(f"size must be a preset ({', '.join(SIZES)}) or an int >= 2 "
+                         f"(test images per class), got {size!r}")
+    size = int(size)
+    return {"n_train": size + size // 3, "n_test_good": size - size // 2, "n_test_defect": size // 2}
+
+
+def _donor(name: str, image_size: int, s: MiniSettings, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """The surface a foreign patch is cut from: the same photo at another scale (hard) or another
+    class (easy), always from test boxes, so no training pixel leaks into the test set."""
+    if rng.random() < s.similar_donor:
+        scale = float(rng.choice((0.6, 1.6)))
+        image, _ = _crop(name, 1, _BY_NAME[name].crop * scale, image_size, s.scale_jitter, rng)
+        return image, f"{name}@x{scale:g}"
+    other = str(rng.choice([c for c in CLASSES if c != name]))
+    image, _ = _crop(other, 1, _BY_NAME[other].crop, image_size, s.scale_jitter, rng)
+    return image, other
+
+
+def _save_png(array: np.ndarray, path: Path, level: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, compress_level=level)
+
+
+def _generate(folder: Path, seed: int, counts: dict[str, int], image_size: int, s: MiniSettings,
+              bar: tqdm) -> list[dict]:
+    """Write every class into ``folder``; return one manifest row per image."""
+    rows = []
+    for c, name in enumerate(CLASSES):
+        spec = _BY_NAME[name]
+        jobs = ([("train", "good", i) for i in range(counts["n_train"])]
+                + [("test", "good", i) for i in range(counts["n_test_good"])]
+                + [("test", DEFECT_TYPES[i % len(DEFECT_TYPES)], i // len(DEFECT_TYPES))
+                   for i in range(counts["n_test_defect"])])
+        for split, kind, i in jobs:
+            # one stream per image: each file depends only on (seed, class, split, kind, index)
+            rng = np.random.default_rng([seed, c, ("train", "test").index(split),
+                                         (("good",) + DEFECT_TYPES).index(kind), i])
+            image, crop = _crop(name, split == "test", spec.crop, image_size, s.scale_jitter, rng)
+            file = f"{name}/{split}/{kind}/{i:03d}.png"
+            row = {"class": name, "split": split, "defect_type": kind, "file": file, "mask": None,
+                   **crop, "bbox": None, "area": 0, "strength": None, "donor": None}
+            if kind != "good":
+                donor = None
+                if kind == "foreign_patch":
+                    donor, row["donor"] = _donor(name, image_size, s, rng)
+                strength = float(rng.uniform(*s.strength))
+                image, mask = apply_defect(image, kind, rng, donor, strength=strength, settings=s)
+                ys, xs = np.nonzero(mask)
+                row.update(mask=f"{name}/ground_truth/{kind}/{i:03d}_mask.png", area=int(mask.sum()),
+                           bbox=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                           strength=round(strength, 4))
+                _save_png(mask.astype(np.uint8) * 255, folder / row["mask"], s.png_compress_level)
+            _save_png(image, folder / file, s.png_compress_level)
+            rows.append(row)
+            bar.update()
+    return rows
+
+
+def _params(seed: int, size: str | int, image_size: int, settings: MiniSettings) -> dict:
+    params = {"generator": "adnotes.data.mini", "version": GENERATOR_VERSION, "seed": seed,
+              "size": size, **_counts(size), "image_size": image_size, "settings": asdict(settings)}
+    return json.loads(json.dumps(params))  # tuples -> lists, as they come back from the file
+
+
+def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", image_size: int = 224,
+              settings: MiniSettings = MiniSettings()) -> Path:
+    """Generate adnotes-mini into ``root`` (MVTec-AD layout) and return ``root``.
+
+    ``size`` is the number of test images per class (half of them defective, spread over
+    :data:`DEFECT_TYPES`) or a preset of :data:`SIZES`; the training set has 4/3 as many normal
+    images. If ``root`` already holds adnotes-mini made with the same parameters it is reused as is.
+    A folder with anything else in it is never touched: that raises ``RuntimeError``.
+    """
+    root = Path(root).expanduser()
+    if not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+    params = _params(seed, size, image_size, settings)
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            found = json.loads(manifest.read_text())["params"]
+        except (ValueError, KeyError) as error:
+            raise RuntimeError(f"{manifest} is unreadable ({error}). If {root} is an old "
+                               "adnotes-mini, delete that folder; otherwise pick another root.") from None
+        if found == params:
+            return root
+        changed = sorted(k for k in set(found) | set(params) if found.get(k) != params.get(k))
+        raise RuntimeError(
+            f"{root} holds adnotes-mini made with other parameters (differing: {', '.join(changed)}). "
+            "It is not overwritten: pick another root for these parameters, or delete that folder "
+            "to regenerate it.")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise RuntimeError(
+            f"{root} exists and is not an adnotes-mini dataset (no {MANIFEST_NAME}); it is left "
+            "untouched. Pick another root (an empty or missing folder), or delete it if it is an "
+            "interrupted adnotes-mini.")
+
+    # write into a hidden sibling and rename at the end: an interrupted run leaves no half dataset
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        total = len(CLASSES) * (params["n_train"] + params["n_test_good"] + params["n_test_defect"])
+        with tqdm(total=total, desc="adnotes-mini", unit="img") as bar:
+            rows = _generate(partial, seed, _counts(size), image_size, settings, bar)
+        regions = {s.name: {"source": f"skimage.data.{s.photo}", "train_boxes": s.regions[0],
+                            "test_boxes": s.regions[1], "crop": s.crop} for s in _SOURCES}
+        content = {"params": params, "box_format": "[x0, y0, x1, y1], pixels, half-open",
+                   "classes": regions, "defect_types": list(DEFECT_TYPES), "images": rows}
+        (partial / MANIFEST_NAME).write_text(json.dumps(content, indent=1))
+        if root.is_dir():
+            root.rmdir()  # empty (checked above)
+        partial.rename(root)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return root

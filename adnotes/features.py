@@ -1,0 +1,88 @@
+"""The feature cache: backbone features of a dataset split, computed once and kept on disk.
+
+The backbone is frozen, so its features never change: every experiment after the first reads
+them from ``<cache>/features/<key>.pt`` instead of running the backbone again. This is what
+makes CPU labs possible (training on cached 14×14 features is ~100× cheaper than on images).
+
+The key names everything the features depend on: the backbone's fingerprint (model, weights,
+stages, output stride), the image size and the dataset's fingerprint (files, sizes, mtimes,
+labels). Features are stored as float16, masks as bool at the image size.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ADDataset
+from .paths import cache_dir as default_cache_dir
+
+__all__ = ["FeatureSet", "extract_features", "cached_features"]
+
+
+@dataclass
+class FeatureSet:
+    """Features of one dataset split, with what evaluation needs alongside."""
+
+    features: torch.Tensor       # (N, C, h, w) float16
+    labels: torch.Tensor         # (N,) int64, 1 = anomalous
+    classes: list[str]           # (N,) class of each image
+    masks: torch.Tensor | None   # (N, S, S) bool at the image size; None for normal-only splits
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, cls: str) -> "FeatureSet":
+        """The images of one class."""
+        idx = torch.tensor([i for i, c in enumerate(self.classes) if c == cls], dtype=torch.long)
+        if len(idx) == 0:
+            raise KeyError(f"no images of class {cls!r}; classes: {sorted(set(self.classes))}")
+        return FeatureSet(self.features[idx], self.labels[idx], [cls] * len(idx),
+                          None if self.masks is None else self.masks[idx])
+
+
+@torch.no_grad()
+def extract_features(backbone: torch.nn.Module, dataset: ADDataset, *, batch_size: int = 16,
+                     device: str | torch.device = "cpu") -> FeatureSet:
+    """Run the frozen backbone over a dataset split."""
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    feats, masks = [], []
+    for batch in tqdm(loader, desc=f"features {dataset.name}", unit="batch"):
+        feats.append(backbone(batch["image"].to(device)).half().cpu())  # (B, C, h, w)
+        masks.append(batch["mask"][:, 0] > 0.5)                          # (B, S, S)
+    labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+    keep_masks = bool(labels.any()) and dataset.has_masks
+    return FeatureSet(torch.cat(feats), labels, [r.cls for r in dataset.records],
+                      torch.cat(masks) if keep_masks else None)
+
+
+def cache_key(backbone: torch.nn.Module, dataset: ADDataset) -> str:
+    name = dataset.name.replace("/", "-")
+    return f"{backbone.fingerprint}-{name}-{dataset.image_size}px-{dataset.fingerprint()}"
+
+
+def cached_features(backbone: torch.nn.Module, dataset: ADDataset, *, cache_dir: str | Path | None = None,
+                    batch_size: int = 16, device: str | torch.device = "cpu", verbose: bool = True) -> FeatureSet:
+    """Features from the cache, extracted and stored first when they are not there yet."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "features"
+    path = folder / f"{cache_key(backbone, dataset)}.pt"
+    if path.is_file():
+        if verbose:
+            print(f"found cached features {path.name}: loading")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return FeatureSet(state["features"], state["labels"], list(state["classes"]), state.get("masks"))
+    fs = extract_features(backbone, dataset, batch_size=batch_size, device=device)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"features": fs.features, "labels": fs.labels, "classes": np.array(fs.classes).tolist(),
+                "masks": fs.masks}, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written cache entry
+    if verbose:
+        print(f"cached features in {path}")
+    return fs

@@ -1,0 +1,43 @@
+"""Where adnotes keeps data, feature caches, runs and figures.
+
+Everything lives under one home folder:
+
+* ``$ADNOTES_HOME`` when set;
+* else the repository root when adnotes runs from a checkout (the folder holding
+  ``pyproject.toml`` next to the package), so data and figures sit beside the notebooks;
+* else ``~/.cache/adnotes``.
+
+Below it: ``data/`` (datasets), ``cache/`` (backbone features), ``runs/`` (training runs) and
+``figures/``. ``data/``, ``cache/`` and ``runs/`` are git-ignored.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["home", "data_dir", "cache_dir", "runs_dir", "figures_dir"]
+
+
+def home() -> Path:
+    if env := os.environ.get("ADNOTES_HOME"):
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "adnotes").is_dir():
+        return checkout
+    return Path.home() / ".cache" / "adnotes"
+
+
+def data_dir() -> Path:
+    return home() / "data"
+
+
+def cache_dir() -> Path:
+    return home() / "cache"
+
+
+def runs_dir() -> Path:
+    return home() / "runs"
+
+
+def figures_dir() -> Path:
+    return home() / "figures"

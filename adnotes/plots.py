@@ -1,0 +1,91 @@
+"""The one plotting style of the collection.
+
+A seaborn theme, a fixed colour per model (the same model has the same colour in every
+notebook), anomaly-map panels, and :func:`save_figure`, which writes every figure as PNG (and
+PDF on request) together with a JSON of the numbers and the config/seed behind it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .paths import figures_dir
+
+__all__ = ["MODEL_COLORS", "set_style", "denormalize", "anomaly_map_panels", "save_figure"]
+
+_palette = sns.color_palette("colorblind")
+MODEL_COLORS = {
+    "untrained": "0.6", "knn": _palette[7],
+    "mlp": _palette[0], "cnn": _palette[1], "transformer": _palette[2], "uniad": _palette[3],
+    "omniad": _palette[4], "adtr": _palette[5], "haloae": _palette[6],
+}
+
+
+def set_style() -> None:
+    """The seaborn theme every figure uses."""
+    sns.set_theme(context="notebook", style="whitegrid", palette=list(_palette))
+    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
+                                "image.interpolation": "nearest"})
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) ImageNet-normalised tensor -> (H, W, 3) float image in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def anomaly_map_panels(images: list[np.ndarray], masks: list[np.ndarray], maps: list[np.ndarray],
+                       titles: list[str], vmax: float | None = None) -> plt.Figure:
+    """One row per sample: the image, its ground-truth mask, and the anomaly map over the image.
+
+    ``images`` are (H, W, 3) in [0, 1], ``masks`` (H, W) bool, ``maps`` (H, W) float. With
+    ``vmax`` the maps share one colour scale (0..vmax), so rows can be compared.
+    """
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(8, 2.5 * n), squeeze=False, layout="constrained")
+    for row, (image, mask, amap, title) in enumerate(zip(images, masks, maps, titles)):
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_ylabel(title, fontsize=9)
+        axes[row, 1].imshow(image)
+        axes[row, 1].contour(mask, levels=[0.5], colors="red", linewidths=1)
+        axes[row, 2].imshow(image)
+        im = axes[row, 2].imshow(amap, cmap="jet", alpha=0.5, vmin=0, vmax=vmax or float(amap.max()))
+        for ax in axes[row]:
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.grid(False)
+    for ax, name in zip(axes[0], ("image", "ground truth", "anomaly map")):
+        ax.set_title(name, fontsize=10)
+    fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.5, aspect=30, label="anomaly score")
+    return fig
+
+
+def save_figure(fig: plt.Figure, name: str, *, data: dict | None = None, config: dict | None = None,
+                folder: str | Path | None = None, pdf: bool = False) -> Path:
+    """Write ``<folder>/<name>.png`` (+ ``.pdf``) and ``<name>.json`` with the numbers and config."""
+    folder = Path(folder) if folder is not None else figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path)
+    if pdf:
+        fig.savefig(path.with_suffix(".pdf"))
+    with open(path.with_suffix(".json"), "w") as f:
+        json.dump({"figure": path.name, "config": config or {}, "data": data or {}}, f, indent=2, default=_plain)
+    return path
+
+
+def _plain(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item() if value.ndim == 0 else value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

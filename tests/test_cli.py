@@ -1,0 +1,43 @@
+"""The command line as a user runs it: the demo end to end on a tiny dataset, and bad input."""
+import json
+
+import pytest
+from fixtures import make_mvtec
+
+from adnotes.__main__ import main
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADNOTES_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_demo_runs_end_to_end_and_writes_its_figure(tmp_path, home, capsys):
+    root = make_mvtec(tmp_path / "mvtec", n_train=4, size=64)
+    assert main(["demo", "--dataset", "mvtec", "--root", str(root), "--image-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "bottle" in out and "wood" in out and "mean" in out and "image_AUROC" in out
+    figure = home / "figures" / "demo_anomaly_maps.png"
+    record = json.loads(figure.with_suffix(".json").read_text())
+    assert figure.stat().st_size > 10_000
+    assert record["config"]["dataset"] == "mvtec" and record["config"]["seed"] == 0
+    assert set(record["data"]["metrics"]) == {"bottle", "wood", "mean"}
+    # A second run reads the feature cache instead of extracting again.
+    assert main(["demo", "--dataset", "mvtec", "--root", str(root), "--image-size", "64"]) == 0
+    assert "found cached features" in capsys.readouterr().out
+
+
+def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path, home, capsys):
+    assert main(["demo", "--dataset", "mvtec", "--root", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "python -m adnotes data get mvtec" in err
+
+
+def test_mini_refuses_a_foreign_folder(tmp_path, home, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my work")
+    assert main(["data", "mini", "--root", str(folder), "--size", "4"]) == 1
+    assert "error" in capsys.readouterr().err
+    assert (folder / "notes.txt").read_text() == "my work"

@@ -1,0 +1,225 @@
+"""adnotes-mini: MVTec layout, exact masks, determinism, disjoint train/test regions, safe roots.
+
+Independent references: masks are checked against the pixels that really changed (a clean crop
+rebuilt from the manifest's crop record and the scikit-image photo), boxes against brute-force
+intersection, and bytes against a second generation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adnotes.data import mini
+from adnotes.data.mini import (CLASSES, DEFECT_TYPES, MANIFEST_NAME, apply_defect, make_mini,
+                               source_images)
+
+SIZE = 10  # test images per class: 5 good + one of each of the 5 defect types
+PARAMS = dict(seed=0, size=SIZE, image_size=96)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_mini(tmp_path_factory.mktemp("mini") / "adnotes-mini", **PARAMS)
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / MANIFEST_NAME).read_text())
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def clean_crop(row: dict, image_size: int) -> np.ndarray:
+    """Rebuild a crop from its manifest record: box of the photo, np.rot90, left-right flip, resize."""
+    x0, y0, x1, y1 = row["crop"]
+    patch = np.rot90(source_images()[row["class"]][y0:y1, x0:x1], row["rot90"])
+    if row["hflip"]:
+        patch = patch[:, ::-1]
+    image = Image.fromarray(np.ascontiguousarray(patch)).resize((image_size, image_size), Image.LANCZOS)
+    return np.asarray(image)
+
+
+def test_constants():
+    assert len(CLASSES) >= 5 and len(set(CLASSES)) == len(CLASSES)
+    assert set(DEFECT_TYPES) >= {"foreign_patch", "scratch", "hole", "stain", "deformation"}
+    for name, photo in source_images().items():
+        assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3, name
+
+
+def test_mvtec_layout(dataset):
+    S = PARAMS["image_size"]
+    for cls in CLASSES:
+        train = sorted((dataset / cls / "train").iterdir())
+        assert [p.name for p in train] == ["good"]
+        assert len(list((dataset / cls / "train" / "good").glob("*.png"))) == SIZE + SIZE // 3
+        test_dirs = sorted(p.name for p in (dataset / cls / "test").iterdir())
+        assert test_dirs == sorted(["good", *DEFECT_TYPES])
+        assert len(list((dataset / cls / "test" / "good").glob("*.png"))) == SIZE - SIZE // 2
+        assert sorted(p.name for p in (dataset / cls / "ground_truth").iterdir()) == sorted(DEFECT_TYPES)
+        for split_dir in (dataset / cls / "train" / "good", dataset / cls / "test" / "good"):
+            for image in split_dir.glob("*.png"):
+                assert Image.open(image).size == (S, S)
+        for kind in DEFECT_TYPES:
+            images = sorted((dataset / cls / "test" / kind).glob("*.png"))
+            masks = sorted((dataset / cls / "ground_truth" / kind).glob("*.png"))
+            assert [f"{p.stem}_mask.png" for p in images] == [p.name for p in masks]
+            for image, mask_file in zip(images, masks):
+                mask = Image.open(mask_file)
+                assert Image.open(image).mode == "RGB" and mask.size == Image.open(image).size == (S, S)
+                values = set(np.unique(np.asarray(mask)).tolist())
+                assert values == {0, 255}, f"{mask_file} is empty or not binary 0/255: {values}"
+
+
+def test_manifest_rows_match_files(dataset):
+    meta = manifest(dataset)
+    rows = meta["images"]
+    on_disk = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.png")}
+    listed = {r["file"] for r in rows} | {r["mask"] for r in rows if r["mask"]}
+    assert listed == on_disk
+    assert meta["params"]["seed"] == 0 and meta["params"]["image_size"] == PARAMS["image_size"]
+    for row in rows:
+        if row["defect_type"] == "good":
+            assert row["mask"] is None and row["bbox"] is None and row["area"] == 0
+            continue
+        mask = np.asarray(Image.open(dataset / row["mask"])) > 0
+        ys, xs = np.nonzero(mask)
+        assert row["area"] == mask.sum()
+        assert row["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_files_are_clean_crops_outside_the_masks(dataset):
+    """Every good image is exactly its recorded crop; a defective one differs from that crop
+    nowhere outside its mask, and on most of the mask's pixels."""
+    for row in manifest(dataset)["images"]:
+        image = np.asarray(Image.open(dataset / row["file"]))
+        changed = (image != clean_crop(row, PARAMS["image_size"])).any(-1)
+        if row["mask"] is None:
+            assert not changed.any(), row["file"]
+        else:
+            mask = np.asarray(Image.open(dataset / row["mask"])) > 0
+            assert not changed[~mask].any(), f"{row['file']} changed outside its mask"
+            assert changed[mask].mean() >= 0.5, f"{row['file']}: most of the mask is unchanged"
+
+
+@pytest.mark.parametrize("kind", DEFECT_TYPES)
+def test_apply_defect_masks_are_exact(kind):
+    photos = source_images()
+    for c, cls in enumerate(CLASSES):
+        for trial in range(3):
+            rng = np.random.default_rng([c, trial])
+            y, x = rng.integers(0, 300, 2)
+            clean = np.ascontiguousarray(photos[cls][y:y + 200, x:x + 200])  # (200, 200, 3)
+            donor = np.ascontiguousarray(photos[CLASSES[c - 1]][:200, :200])
+            defective, mask = apply_defect(clean, kind, rng, donor)
+            assert defective.dtype == np.uint8 and defective.shape == clean.shape
+            assert mask.dtype == bool and mask.shape == clean.shape[:2]
+            changed = np.abs(defective.astype(int) - clean).max(-1) > 0
+            assert not changed[~mask].any(), f"{kind} on {cls}: pixels changed outside the mask"
+            assert changed[mask].mean() >= 0.5, f"{kind} on {cls}: most of the mask is unchanged"
+            assert 0 < mask.mean() < 0.15, f"{kind} on {cls}: implausible defect area {mask.mean():.3f}"
+
+
+def test_apply_defect_rejects_bad_input():
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="unknown defect type"):
+        apply_defect(image, "crack", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="donor"):
+        apply_defect(image, "foreign_patch", np.random.default_rng(0), donor=None)
+    with pytest.raises(ValueError, match="uint8"):
+        apply_defect(image.astype(float), "scratch", np.random.default_rng(0))
+
+
+def test_train_and_test_regions_are_disjoint(dataset):
+    def overlap(a, b) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    meta = manifest(dataset)
+    photos = source_images()
+    for cls, spec in meta["classes"].items():
+        train, test = spec["train_region"], spec["test_region"]
+        height, width = photos[cls].shape[:2]
+        assert 0 <= min(train + test) and max(train[2], test[2]) <= width and max(train[3], test[3]) <= height
+        assert not overlap(train, test), cls
+        rows = [r for r in meta["images"] if r["class"] == cls]
+        for row in rows:
+            region = train if row["split"] == "train" else test
+            x0, y0, x1, y1 = row["crop"]
+            assert region[0] <= x0 < x1 <= region[2] and region[1] <= y0 < y1 <= region[3], row["file"]
+        train_crops = [r["crop"] for r in rows if r["split"] == "train"]
+        test_crops = [r["crop"] for r in rows if r["split"] == "test"]
+        assert not any(overlap(a, b) for a in train_crops for b in test_crops), cls
+
+
+def test_deterministic_and_seeded(dataset, tmp_path):
+    again = make_mini(tmp_path / "again", **PARAMS)
+    assert files(again) == files(dataset)  # byte-identical, manifest included
+    other = make_mini(tmp_path / "other", **{**PARAMS, "seed": 1})
+    a, b = files(dataset), files(other)
+    assert a.keys() == b.keys()
+    differing = [name for name in a if name.endswith(".png") and a[name] != b[name]]
+    assert len(differing) > 0.9 * sum(name.endswith(".png") for name in a)
+
+
+def test_reuses_a_matching_dataset(dataset, monkeypatch):
+    before = files(dataset)
+    monkeypatch.setattr(mini, "_generate", lambda *a, **k: pytest.fail("regenerated a matching dataset"))
+    assert make_mini(dataset, **PARAMS) == dataset
+    assert files(dataset) == before
+
+
+def test_refuses_a_dataset_with_other_params(dataset):
+    before = files(dataset)
+    with pytest.raises(RuntimeError, match="other parameters.*seed"):
+        make_mini(dataset, **{**PARAMS, "seed": 3})
+    assert files(dataset) == before
+
+
+def test_refuses_a_foreign_folder(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("my thesis")
+    with pytest.raises(RuntimeError, match="another root"):
+        make_mini(root, **PARAMS)
+    assert [p.name for p in root.iterdir()] == ["notes.txt"]
+    assert (root / "notes.txt").read_text() == "my thesis"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no partial sibling either
+
+
+def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_save(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle
+        return real_save(*args)
+
+    real_save = mini._save_png
+    monkeypatch.setattr(mini, "_save_png", failing_save)
+    root = tmp_path / "adnotes-mini"
+    root.mkdir()  # an existing empty folder is fine to fill
+    with pytest.raises(KeyboardInterrupt):
+        make_mini(root, **PARAMS)
+    assert [p.name for p in tmp_path.iterdir()] == ["adnotes-mini"]
+    assert not any(root.iterdir())
+
+
+def test_rejects_bad_sizes(tmp_path):
+    for size in ("huge", 1, 2.5):
+        with pytest.raises(ValueError, match="size"):
+            make_mini(tmp_path / "x", size=size)
+    assert not (tmp_path / "x").exists()
+
+
+def test_loads_with_the_mvtec_loader(dataset):
+    from adnotes.data.datasets import mvtec_records
+
+    test = mvtec_records(dataset, "test")
+    assert len(test) == len(CLASSES) * SIZE
+    assert sum(r.label for r in test) == len(CLASSES) * (SIZE // 2)
+    assert len(mvtec_records(dataset, "train")) == len(CLASSES) * (SIZE + SIZE // 3)
