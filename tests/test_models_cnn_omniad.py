@@ -19,13 +19,7 @@ SMALL_CNN = dict(in_channels=12, hidden=16, depths=(1, 2, 1, 1))
 SMALL_PAPER = OmniADConfig(widths=(64, 32, 16, 8), depths=(1, 2, 1, 1), heads=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: intra-op threads only add overhead, and stall badly on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def teacher_maps(cfg: OmniADConfig, image_size: int, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:

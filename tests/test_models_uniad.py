@@ -21,13 +21,7 @@ SMALL = dict(in_channels=C_IN, feature_size=(H, W), hidden_dim=32, num_heads=4, 
              num_encoder_layers=2, num_decoder_layers=2, neighbor_size=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and 2 OpenMP threads on a busy 2-core machine are ~10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(name: str = "uniad", **fields) -> torch.nn.Module:
