@@ -35,13 +35,13 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 def clean_crop(row: dict, image_size: int) -> np.ndarray:
-    """Rebuild a crop from its manifest record: box of the photo, np.rot90, left-right flip, resize."""
-    x0, y0, x1, y1 = row["crop"]
-    patch = np.rot90(source_images()[row["class"]][y0:y1, x0:x1], row["rot90"])
-    if row["hflip"]:
-        patch = patch[:, ::-1]
-    image = Image.fromarray(np.ascontiguousarray(patch)).resize((image_size, image_size), Image.LANCZOS)
-    return np.asarray(image)
+    """Rebuild a crop from its manifest record: the photo through the recorded affine map."""
+    photo = Image.fromarray(source_images()[row["class"]])
+    return np.asarray(photo.transform((image_size, image_size), Image.AFFINE, row["affine"], Image.BICUBIC))
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def test_constants():
@@ -121,7 +121,8 @@ def test_apply_defect_masks_are_exact(kind):
             changed = np.abs(defective.astype(int) - clean).max(-1) > 0
             assert not changed[~mask].any(), f"{kind} on {cls}: pixels changed outside the mask"
             assert changed[mask].mean() >= 0.5, f"{kind} on {cls}: most of the mask is unchanged"
-            assert 0 < mask.mean() < 0.15, f"{kind} on {cls}: implausible defect area {mask.mean():.3f}"
+            # deformations reach out to twice the blob radius, so up to ~4x the drawn area (<= 5 %)
+            assert 0 < mask.mean() < 0.25, f"{kind} on {cls}: implausible defect area {mask.mean():.3f}"
 
 
 def test_apply_defect_rejects_bad_input():
@@ -135,21 +136,25 @@ def test_apply_defect_rejects_bad_input():
 
 
 def test_train_and_test_regions_are_disjoint(dataset):
-    def overlap(a, b) -> bool:
-        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
     meta = manifest(dataset)
     photos = source_images()
+    S = PARAMS["image_size"]
     for cls, spec in meta["classes"].items():
-        train, test = spec["train_region"], spec["test_region"]
         height, width = photos[cls].shape[:2]
-        assert 0 <= min(train + test) and max(train[2], test[2]) <= width and max(train[3], test[3]) <= height
-        assert not overlap(train, test), cls
+        boxes = {"train": spec["train_boxes"], "test": spec["test_boxes"]}
+        for box in boxes["train"] + boxes["test"]:
+            assert 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height, (cls, box)
+        assert not any(overlap(a, b) for a in boxes["train"] for b in boxes["test"]), cls
         rows = [r for r in meta["images"] if r["class"] == cls]
         for row in rows:
-            region = train if row["split"] == "train" else test
             x0, y0, x1, y1 = row["crop"]
-            assert region[0] <= x0 < x1 <= region[2] and region[1] <= y0 < y1 <= region[3], row["file"]
+            assert any(b[0] <= x0 < x1 <= b[2] and b[1] <= y0 < y1 <= b[3] for b in boxes[row["split"]]), row["file"]
+            # the box is honest: the affine map sends the whole output square (plus the 2-pixel
+            # reach of bicubic interpolation) inside it
+            a, b, c, d, e, f = row["affine"]
+            for u, v in [(0, 0), (S, 0), (0, S), (S, S)]:
+                x, y = a * u + b * v + c, d * u + e * v + f
+                assert x0 + 2 <= x <= x1 - 2 and y0 + 2 <= y <= y1 - 2, row["file"]
         train_crops = [r["crop"] for r in rows if r["split"] == "train"]
         test_crops = [r["crop"] for r in rows if r["split"] == "test"]
         assert not any(overlap(a, b) for a in train_crops for b in test_crops), cls

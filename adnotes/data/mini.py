@@ -12,19 +12,23 @@ MVTec-AD layout so the same loaders read it::
 
 Conventions:
 
-* One class per source photo. Train and test crops come from two disjoint rectangles of the photo
-  (separated by a gap), so a test image never shares a pixel with a training image. Crops have a
-  random position and a random flip / 90-degree rotation (flips only where the photo has an
-  orientation), and are resized to ``image_size``.
-* Defects are synthetic and their masks are exact: a pixel is in the mask if and only if the
-  defect may have changed it, and every pixel outside the mask is left byte-identical
-  (:func:`apply_defect` guarantees it by construction). Sizes range from ~0.2 % to ~5 % of the
-  image and contrasts from subtle to obvious (:class:`MiniSettings`), in the spirit of the
-  synthetic anomalies of DRAEM / CutPaste, so a good model should not reach 100 %.
+* One class per source photo: brick, grass and gravel (grey textures, tinted), tissue
+  (immunohistochemistry), stars (Hubble deep field) and fundus (retina). The photo is cut into
+  2 x 2 tiles with gaps; two diagonal tiles feed the training set, the other two the test set,
+  so a test image never shares a pixel with a training image.
+* A crop has a random position, angle (only flips for brick, whose photo has an up and down),
+  and scale, and is resampled to ``image_size`` by one bicubic affine map. No two crops are
+  pixel-identical, so a model cannot memorise the training tiles.
+* Defects are synthetic, in the spirit of DRAEM / CutPaste, with exact masks: every pixel outside
+  the mask is byte-identical to the clean crop (:func:`apply_defect` guarantees it by
+  construction) and most pixels inside it changed. Sizes range from ~0.2 % to ~5 % of the image
+  and contrasts from subtle to obvious (:class:`MiniSettings`), so a good model does not reach
+  100 %.
 * Everything is deterministic from ``seed``: the same seed and parameters give byte-identical
   files. Boxes are ``[x0, y0, x1, y1]`` in pixels, half-open.
-* ``adnotes_mini.json`` records the generator version, seed, parameters, the source regions of
-  every class and one row per image (crop box, transform, defect type, bbox, area, strength), so
+* ``adnotes_mini.json`` holds the generator version, seed and parameters (``params``), the photo
+  and tiles of every class (``classes``), and one row per image (``images``: file, mask, crop box
+  and affine map, defect type, bbox, area, strength, donor), so
   ``pandas.DataFrame(manifest["images"])`` is a ready-made table of the dataset.
 """
 from __future__ import annotations
@@ -62,7 +66,10 @@ def _checkerboard(x0: int, y0: int, x1: int, y1: int, xgap: int = 16, ygap: int 
     xm, ym = (x0 + x1) // 2, (y0 + y1) // 2
     left, right = (x0, xm - xgap // 2), (xm + xgap // 2, x1)
     top, bottom = (y0, ym - ygap // 2), (ym + ygap // 2, y1)
-    tile = lambda xs, ys: (xs[0], ys[0], xs[1], ys[1])  # noqa: E731
+
+    def tile(xs: tuple[int, int], ys: tuple[int, int]) -> Box:
+        return xs[0], ys[0], xs[1], ys[1]
+
     return (tile(left, top), tile(right, bottom)), (tile(right, top), tile(left, bottom))
 
 
