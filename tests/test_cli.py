@@ -41,3 +41,12 @@ def test_mini_refuses_a_foreign_folder(tmp_path, home, capsys):
     assert main(["data", "mini", "--root", str(folder), "--size", "4"]) == 1
     assert "error" in capsys.readouterr().err
     assert (folder / "notes.txt").read_text() == "my work"
+
+
+def test_a_smaller_mini_dataset_is_read_where_it_was_made(tmp_path, home):
+    from adnotes.data import load_dataset
+
+    root = tmp_path / "small-mini"
+    assert main(["data", "mini", "--root", str(root), "--size", "4"]) == 0
+    test = load_dataset("mini", "test", root=root)
+    assert len(test) == 4 * len(test.classes) and sum(r.label for r in test.records) == 2 * len(test.classes)

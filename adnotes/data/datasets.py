@@ -301,9 +301,10 @@ def load_dataset(name: str, split: str, *, root: str | Path | None = None,
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root) if root is not None else data_dir() / folders.get(name, "")
     if name == "mini":
-        from .mini import make_mini
+        from .mini import MANIFEST_NAME, make_mini
 
-        make_mini(root)  # returns at once when the dataset is already there
+        if not (root / MANIFEST_NAME).is_file():
+            make_mini(root)  # default parameters; `python -m adnotes data mini` makes other sizes
         records = mvtec_records(root, split, classes)
     elif name == "mvtec":
         records = mvtec_records(root, split, classes)

@@ -12,18 +12,18 @@ MVTec-AD layout so the same loaders read it::
 
 Conventions:
 
-* One class per source photo: brick, grass and gravel (grey textures, tinted), tissue
+* One class per source photo: brick, grass and moon (grey photos, tinted), tissue
   (immunohistochemistry), stars (Hubble deep field) and fundus (retina). The photo is cut into
   2 x 2 tiles with gaps; two diagonal tiles feed the training set, the other two the test set,
   so a test image never shares a pixel with a training image.
-* A crop has a random position, angle (only flips for brick, whose photo has an up and down),
-  and scale, and is resampled to ``image_size`` by one bicubic affine map. No two crops are
+* A crop has a random position, rotation (any angle, quarter or half turns, per class), mirror
+  flip and scale, and is resampled to ``image_size`` by one bicubic affine map. No two crops are
   pixel-identical, so a model cannot memorise the training tiles.
-* Defects are synthetic, in the spirit of DRAEM / CutPaste, with exact masks: every pixel outside
-  the mask is byte-identical to the clean crop (:func:`apply_defect` guarantees it by
-  construction) and most pixels inside it changed. Sizes range from ~0.2 % to ~5 % of the image
-  and contrasts from subtle to obvious (:class:`MiniSettings`), so a good model does not reach
-  100 %.
+* Defects are synthetic, in the spirit of DRAEM / CutPaste: a foreign patch, a scratch, a hole, a
+  stain and a deformation. Masks are exact: every pixel outside the mask is byte-identical to the
+  clean crop (:func:`apply_defect` guarantees it by construction) and most pixels inside it
+  changed. Sizes range from ~0.3 % to ~6 % of the image (scratches are thinner) and contrasts
+  from subtle to obvious (:class:`MiniSettings`), so that a good model does not reach 100 %.
 * Everything is deterministic from ``seed``: the same seed and parameters give byte-identical
   files. Boxes are ``[x0, y0, x1, y1]`` in pixels, half-open.
 * ``adnotes_mini.json`` holds the generator version, seed and parameters (``params``), the photo
@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 __all__ = ["CLASSES", "DEFECT_TYPES", "SIZES", "MiniSettings", "make_mini", "apply_defect",
            "source_images", "MANIFEST_NAME", "GENERATOR_VERSION"]
 
-GENERATOR_VERSION = 1  # bump whenever the generated pixels change for the same parameters
+GENERATOR_VERSION = 2  # bump whenever the generated pixels change for the same parameters
 MANIFEST_NAME = "adnotes_mini.json"
 SIZES = {"small": 20, "default": 60, "large": 120}  # test images per class; half of them defective
 DEFECT_TYPES = ("foreign_patch", "scratch", "hole", "stain", "deformation")
@@ -80,15 +80,19 @@ class _Source:
     photo: str  # function name in skimage.data
     regions: tuple[tuple[Box, ...], tuple[Box, ...]]  # (train boxes, test boxes)
     crop: int  # side of a square crop before the scale jitter
-    any_angle: bool = True  # rotate by any angle; False: only flips (the photo has an up and down)
+    rotation: str = "any"  # "any" angle, "quarter" turns, or "half" turns (the photo has an up)
     duotone: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # grey 0 -> [0], 255 -> [1]
 
 
+# Crop sides were chosen so that the training-free nearest-neighbour baseline of adnotes.demo finds
+# every class hard but not hopeless: zoomed-in tissue (its tiles hold different glands) and
+# full-resolution grass vary less from crop to crop than the alternatives tried.
+_TILES_512 = _checkerboard(0, 0, 512, 512)
 _SOURCES = (
-    _Source("brick", "brick", _checkerboard(0, 0, 512, 512), 160, False, ((48, 20, 14), (236, 152, 118))),
-    _Source("grass", "grass", _checkerboard(0, 0, 512, 512), 160, True, ((14, 34, 8), (176, 222, 124))),
-    _Source("gravel", "gravel", _checkerboard(0, 0, 512, 512), 160, True, ((30, 28, 24), (230, 218, 196))),
-    _Source("tissue", "immunohistochemistry", _checkerboard(0, 0, 512, 512), 160),
+    _Source("brick", "brick", _TILES_512, 160, "half", ((48, 20, 14), (236, 152, 118))),
+    _Source("grass", "grass", _TILES_512, 236, "quarter", ((14, 34, 8), (176, 222, 124))),
+    _Source("moon", "moon", _TILES_512, 160, "any", ((40, 42, 48), (225, 228, 235))),
+    _Source("tissue", "immunohistochemistry", _TILES_512, 112),
     _Source("stars", "hubble_deep_field", _checkerboard(0, 0, 1000, 872), 224),
     # a band above and one below the macula, away from the optic disc and the black border
     _Source("fundus", "retina", _checkerboard(380, 180, 1100, 1240, ygap=220), 240),
@@ -101,14 +105,14 @@ CLASSES = tuple(s.name for s in _SOURCES)
 class MiniSettings:
     """How hard the defects are (every defect draws its size and strength from these ranges), and
     how crops vary."""
-    area: tuple[float, float] = (0.002, 0.05)  # blob area / image area, drawn log-uniformly
-    strength: tuple[float, float] = (0.2, 1.0)  # contrast: ~0.2 barely visible, 1 obvious
+    area: tuple[float, float] = (0.003, 0.06)  # blob area / image area, drawn log-uniformly
+    strength: tuple[float, float] = (0.3, 1.0)  # contrast: 0 invisible, 1 obvious
     similar_donor: float = 0.5  # P(foreign patch = same photo at another scale, else another class)
     scratch_width: tuple[float, float] = (1.0, 3.5)  # pixels at image_size 224
     edge_alpha: float = 0.35  # opacity at a blob's edge; it ramps to 1 inward (no soft outer halo)
     min_contrast: float = 4.0  # a defect must change its mask by this many grey levels on average
     scale_jitter: float = 0.12  # crop side x exp(U(-j, j)), for normal images and defects alike
-    png_compress_level: int = 6
+    png_compress_level: int = 3  # zlib level: 3 is ~3x faster to write than 6, files ~2 % larger
 
 
 # --------------------------------------------------------------------------- source photos
@@ -144,9 +148,8 @@ _SUPPORT = 2  # bicubic interpolation reads up to 2 photo pixels beyond a sample
 def _crop(name: str, split: int, side: float, image_size: int, jitter: float,
           rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """A square crop of about ``side`` photo pixels from one of the split's boxes (0 train, 1 test),
-    at a random position, angle (or flip), and scale ``exp(U(-jitter, jitter))``, resampled to
-    ``image_size`` by one bicubic affine map. No two crops are pixel-identical, so a model cannot
-    simply memorise the training photo region.
+    with a random position, rotation, mirror flip and scale ``exp(U(-jitter, jitter))``, resampled
+    to ``image_size`` by one bicubic affine map.
 
     Returns the (S, S, 3) uint8 image and its record: ``affine``, the PIL AFFINE coefficients
     (output pixel (u, v) samples the photo at (a u + b v + c, d u + e v + f)), and ``crop``,
@@ -156,7 +159,11 @@ def _crop(name: str, split: int, side: float, image_size: int, jitter: float,
     boxes = spec.regions[split]
     x0, y0, x1, y1 = boxes[rng.integers(len(boxes))]
     side *= math.exp(rng.uniform(-jitter, jitter))
-    angle = rng.uniform(0, 2 * math.pi) if spec.any_angle else math.pi * rng.integers(2)
+    if spec.rotation == "any":
+        angle = rng.uniform(0, 2 * math.pi)
+    else:
+        turns = 4 if spec.rotation == "quarter" else 2
+        angle = 2 * math.pi / turns * rng.integers(turns)
     flip = -1.0 if rng.integers(2) else 1.0
     cos, sin = math.cos(angle), math.sin(angle)
     span = abs(cos) + abs(sin)  # width of the rotated square's bounding box / its side
@@ -172,18 +179,20 @@ def _crop(name: str, split: int, side: float, image_size: int, jitter: float,
 
 
 # --------------------------------------------------------------------------- defects
+# Each defect maker takes the clean image (H, W, 3) float32, the generator, the donor image (only
+# foreign_patch uses it), a strength in [0, 1] and an area in pixels, and returns the defective
+# image (H, W, 3) float32 (apply_defect rounds it and keeps the clean pixels outside the mask) and
+# the mask (H, W) bool.
 
-def _blob(shape: tuple[int, int], rng: np.random.Generator, area: float,
-          centre: tuple[float, float] | None = None) -> np.ndarray:
+def _blob(shape: tuple[int, int], rng: np.random.Generator, area: float) -> np.ndarray:
     """A hard-edged irregular blob of about ``area`` pixels: an ellipse whose radius wobbles with a
     few low harmonics. Returns a (H, W) bool mask (cut by the image border if it reaches it)."""
     h, w = shape
     r = math.sqrt(area / math.pi)
     stretch = math.exp(rng.uniform(-0.6, 0.6))
     a, b = r * stretch, r / stretch
-    if centre is None:
-        margin = min(max(a, b), min(h, w) / 2 - 1)
-        centre = (rng.uniform(margin, h - margin), rng.uniform(margin, w - margin))
+    margin = min(max(a, b), min(h, w) / 2 - 1)
+    centre = rng.uniform(margin, h - margin), rng.uniform(margin, w - margin)
     angle = rng.uniform(0, math.pi)
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     dy, dx = yy - centre[0], xx - centre[1]
@@ -207,7 +216,8 @@ def _inner_alpha(mask: np.ndarray, ramp: float, edge: float) -> np.ndarray:
     return np.where(mask, edge + (1 - edge) * ramp_up, 0).astype(np.float32)  # (H, W)
 
 
-def _foreign_patch(clean, rng, donor, strength, area, s: MiniSettings):
+def _foreign_patch(clean: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None, strength: float,
+                   area: float, s: MiniSettings) -> tuple[np.ndarray, np.ndarray]:
     """A piece of another surface pasted in. Low strength matches the donor's mean colour to the
     surrounding surface, so only its texture gives it away."""
     if donor is None or donor.shape != clean.shape:
@@ -220,7 +230,8 @@ def _foreign_patch(clean, rng, donor, strength, area, s: MiniSettings):
     return clean + alpha * (donor - clean), mask
 
 
-def _scratch(clean, rng, donor, strength, area, s: MiniSettings):
+def _scratch(clean: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None, strength: float,
+             area: float, s: MiniSettings) -> tuple[np.ndarray, np.ndarray]:
     """A thin curved stroke (quadratic Bezier), brighter on dark surfaces and darker on light ones."""
     h, w = clean.shape[:2]
     scale = min(h, w) / 224
@@ -245,7 +256,8 @@ def _scratch(clean, rng, donor, strength, area, s: MiniSettings):
     return clean + np.where(mask, delta, 0)[..., None], mask
 
 
-def _hole(clean, rng, donor, strength, area, s: MiniSettings):
+def _hole(clean: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None, strength: float,
+          area: float, s: MiniSettings) -> tuple[np.ndarray, np.ndarray]:
     """A dark pit: darkens toward a dark floor with depth, and shades the rim as if lit from one
     side (the inner wall facing the light brightens, the opposite wall darkens)."""
     mask = _blob(clean.shape[:2], rng, area)
@@ -267,7 +279,8 @@ _STAIN_COLOURS = np.array([[150, 75, 30], [95, 60, 35], [205, 175, 70], [45, 60,
                            [95, 125, 45], [230, 225, 215], [25, 20, 20]], np.float32)
 
 
-def _stain(clean, rng, donor, strength, area, s: MiniSettings):
+def _stain(clean: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None, strength: float,
+           area: float, s: MiniSettings) -> tuple[np.ndarray, np.ndarray]:
     """A tinted, translucent blob (rust, coffee, oil, ink, ...) with soft inner edges."""
     mask = _blob(clean.shape[:2], rng, area)
     mean = clean[mask].mean(0)
@@ -278,11 +291,12 @@ def _stain(clean, rng, donor, strength, area, s: MiniSettings):
     return clean + (0.1 + 0.65 * strength) * alpha * (colour - clean), mask
 
 
-def _deformation(clean, rng, donor, strength, area, s: MiniSettings):
+def _deformation(clean: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None, strength: float,
+                 area: float, s: MiniSettings) -> tuple[np.ndarray, np.ndarray]:
     """A local bulge, pinch or swirl of the surface. The displacement falls smoothly to 0 at radius
     R; the mask is where it is >= 0.5 px, and the image is left untouched everywhere else."""
     h, w = clean.shape[:2]
-    radius = max(12 * min(h, w) / 224, 2 * math.sqrt(area / math.pi))
+    radius = max(12 * min(h, w) / 224, 1.5 * math.sqrt(area / math.pi))  # mask: ~1.3x area
     margin = min(radius, min(h, w) / 2 - 1)
     # a warp of a flat area changes nothing: of a few random centres, take the one with the most
     # edges (mean squared gradient) within the radius
@@ -322,8 +336,16 @@ def apply_defect(image: np.ndarray, kind: str, rng: np.random.Generator, donor: 
     ``strength`` in [0, 1] defaults to a draw from ``settings.strength``; the size is drawn from
     ``settings.area``. Returns ``(defective, mask)``: (H, W, 3) uint8 and (H, W) bool, with every
     pixel outside ``mask`` identical to ``image``. Inside it at least ``MIN_CHANGED`` of the pixels
-    change, by ``settings.min_contrast`` grey levels on average (else the defect is drawn again).
+    change, by ``settings.min_contrast`` grey levels on average (else the defect is drawn again,
+    stronger).
     """
+    defective, mask, _ = _apply_defect(image, kind, rng, donor, strength, settings)
+    return defective, mask
+
+
+def _apply_defect(image: np.ndarray, kind: str, rng: np.random.Generator, donor: np.ndarray | None,
+                  strength: float | None, settings: MiniSettings) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`apply_defect`, also returning the strength finally used."""
     if kind not in _DEFECTS:
         raise ValueError(f"unknown defect type {kind!r}; choose one of {', '.join(DEFECT_TYPES)}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -332,13 +354,16 @@ def apply_defect(image: np.ndarray, kind: str, rng: np.random.Generator, donor: 
         strength = float(rng.uniform(*settings.strength))
     low, high = settings.area
     clean = image.astype(np.float32)
-    for _ in range(_TRIES):  # redraw a defect that would be invisible (e.g. a swirl of black sky)
+    # an invisible defect (a swirl of black sky, a look-alike patch) is drawn again elsewhere,
+    # a little stronger each time
+    for attempt in range(_TRIES):
+        boosted = min(1.0, strength + attempt / (_TRIES - 1))
         area = math.exp(rng.uniform(math.log(low), math.log(high))) * image.shape[0] * image.shape[1]
-        out, mask = _DEFECTS[kind](clean, rng, donor, strength, area, settings)
+        out, mask = _DEFECTS[kind](clean, rng, donor, boosted, area, settings)
         out = np.where(mask[..., None], np.clip(np.round(out), 0, 255).astype(np.uint8), image)
-        change = np.abs(out.astype(np.int16) - image).max(-1)  # (H, W)
-        if mask.any() and (change[mask] > 0).mean() >= MIN_CHANGED and change[mask].mean() >= settings.min_contrast:
-            return out, mask
+        change = np.abs(out.astype(np.int16) - image).max(-1)[mask]  # per mask pixel, grey levels
+        if change.size and (change > 0).mean() >= MIN_CHANGED and change.mean() >= settings.min_contrast:
+            return out, mask, boosted
     raise RuntimeError(f"could not make a visible {kind} on this {image.shape} image in {_TRIES} "
                        "tries: is the image flat, or too small?")
 
@@ -358,10 +383,11 @@ def _counts(size: str | int) -> dict[str, int]:
     return {"n_train": size + size // 3, "n_test_good": size - size // 2, "n_test_defect": size // 2}
 
 
-def _donor(name: str, image_size: int, s: MiniSettings, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """The surface a foreign patch is cut from: the same photo at another scale (hard) or another
-    class (easy), always from test boxes, so no training pixel leaks into the test set."""
-    if rng.random() < s.similar_donor:
+def _donor(name: str, similar: bool, image_size: int, s: MiniSettings, rng: np.random.Generator
+           ) -> tuple[np.ndarray, str]:
+    """The surface a foreign patch is cut from: the same photo at another scale (``similar``, hard)
+    or another class (easy), always from test boxes, so no training pixel leaks into the test set."""
+    if similar:
         scale = float(rng.choice((0.6, 1.6)))
         image, _ = _crop(name, 1, _BY_NAME[name].crop * scale, image_size, s.scale_jitter, rng)
         return image, f"{name}@x{scale:g}"
@@ -375,35 +401,49 @@ def _save_png(array: np.ndarray, path: Path, level: int) -> None:
     Image.fromarray(array).save(path, compress_level=level)
 
 
+def _defective_crop(name: str, kind: str, image_size: int, s: MiniSettings, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A test crop with one defect of ``kind``, its mask and record. A crop that cannot show the
+    defect (a swirl of flat sky, a smooth surface pasted onto itself) is replaced by another."""
+    for _ in range(5):
+        image, record = _crop(name, 1, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
+        donor = None
+        if kind == "foreign_patch":
+            donor, record["donor"] = _donor(name, rng.random() < s.similar_donor, image_size, s, rng)
+        try:
+            image, mask, record["strength"] = _apply_defect(image, kind, rng, donor, None, s)
+        except RuntimeError:
+            continue
+        return image, mask, record
+    raise RuntimeError(f"could not place a visible {kind} on 5 crops of {name}")
+
+
 def _generate(folder: Path, seed: int, counts: dict[str, int], image_size: int, s: MiniSettings,
               bar: tqdm) -> list[dict]:
     """Write every class into ``folder``; return one manifest row per image."""
     rows = []
     for c, name in enumerate(CLASSES):
-        spec = _BY_NAME[name]
         jobs = ([("train", "good", i) for i in range(counts["n_train"])]
                 + [("test", "good", i) for i in range(counts["n_test_good"])]
                 + [("test", DEFECT_TYPES[i % len(DEFECT_TYPES)], i // len(DEFECT_TYPES))
                    for i in range(counts["n_test_defect"])])
         for split, kind, i in jobs:
             # one stream per image: each file depends only on (seed, class, split, kind, index)
-            rng = np.random.default_rng([seed, c, ("train", "test").index(split),
-                                         (("good",) + DEFECT_TYPES).index(kind), i])
-            image, crop = _crop(name, split == "test", spec.crop, image_size, s.scale_jitter, rng)
+            split_index = ("train", "test").index(split)
+            rng = np.random.default_rng([seed, c, split_index, (("good",) + DEFECT_TYPES).index(kind), i])
             file = f"{name}/{split}/{kind}/{i:03d}.png"
             row = {"class": name, "split": split, "defect_type": kind, "file": file, "mask": None,
-                   **crop, "bbox": None, "area": 0, "strength": None, "donor": None}
-            if kind != "good":
-                donor = None
-                if kind == "foreign_patch":
-                    donor, row["donor"] = _donor(name, image_size, s, rng)
-                strength = float(rng.uniform(*s.strength))
-                image, mask = apply_defect(image, kind, rng, donor, strength=strength, settings=s)
+                   "bbox": None, "area": 0, "strength": None, "donor": None}  # + crop, affine
+            if kind == "good":
+                image, record = _crop(name, split_index, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
+            else:
+                image, mask, record = _defective_crop(name, kind, image_size, s, rng)
                 ys, xs = np.nonzero(mask)
                 row.update(mask=f"{name}/ground_truth/{kind}/{i:03d}_mask.png", area=int(mask.sum()),
-                           bbox=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
-                           strength=round(strength, 4))
+                           bbox=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+                record["strength"] = round(record["strength"], 4)
                 _save_png(mask.astype(np.uint8) * 255, folder / row["mask"], s.png_compress_level)
+            row.update(record)
             _save_png(image, folder / file, s.png_compress_level)
             rows.append(row)
             bar.update()
@@ -426,7 +466,9 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
     A folder with anything else in it is never touched: that raises ``RuntimeError``.
     """
     root = Path(root).expanduser()
-    if not isinstance(image_size, int) or image_size < 32:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
     params = _params(seed, size, image_size, settings)
     manifest = root / MANIFEST_NAME
@@ -446,8 +488,7 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise RuntimeError(
             f"{root} exists and is not an adnotes-mini dataset (no {MANIFEST_NAME}); it is left "
-            "untouched. Pick another root (an empty or missing folder), or delete it if it is an "
-            "interrupted adnotes-mini.")
+            "untouched. Pick another root: a missing or empty folder.")
 
     # write into a hidden sibling and rename at the end: an interrupted run leaves no half dataset
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -457,7 +498,8 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
         with tqdm(total=total, desc="adnotes-mini", unit="img") as bar:
             rows = _generate(partial, seed, _counts(size), image_size, settings, bar)
         regions = {s.name: {"source": f"skimage.data.{s.photo}", "train_boxes": s.regions[0],
-                            "test_boxes": s.regions[1], "crop": s.crop} for s in _SOURCES}
+                            "test_boxes": s.regions[1], "crop_side": s.crop, "rotation": s.rotation}
+                   for s in _SOURCES}
         content = {"params": params, "box_format": "[x0, y0, x1, y1], pixels, half-open",
                    "classes": regions, "defect_types": list(DEFECT_TYPES), "images": rows}
         (partial / MANIFEST_NAME).write_text(json.dumps(content, indent=1))
