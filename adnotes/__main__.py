@@ -1,9 +1,15 @@
-"""Command line: ``python -m adnotes demo | data get NAME | data mini``."""
+"""Command line: ``python -m adnotes demo | train | eval RUN | data get NAME | data mini``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+
+def pd_options():
+    import pandas as pd
+
+    return pd.option_context("display.width", 140, "display.max_columns", 20)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
+
+    train = commands.add_parser("train", help="train a model on cached features (see configs/)")
+    train.add_argument("--config", type=Path, help="YAML with sections model/data/train/eval")
+    train.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                       help="overrides, e.g. train.steps=500 data.root=/data/mvtec")
+    train.add_argument("--name", help="run folder name under runs/ (default: the config file's name)")
+    train.add_argument("--resume", action="store_true", help="continue the run folder from its last checkpoint")
+    evaluate = commands.add_parser("eval", help="score the final checkpoints of a run folder")
+    evaluate.add_argument("run", type=Path, help="runs/<name> (or just <name>)")
 
     data = commands.add_parser("data", help="make or download datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -39,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(DemoConfig(dataset=args.dataset, root=args.root, backbone=args.backbone,
                                 weights=args.weights, image_size=args.image_size, seed=args.seed),
                      device=args.device)
+        elif args.command == "train":
+            from .train import Config, train
+
+            name = args.name or (args.config.stem if args.config else None)
+            if not name:
+                raise ValueError("give --name (or a --config, whose file name becomes the run name)")
+            cfg = Config.load(args.config, args.set)
+            print(f"run folder: {train(cfg, name, resume=args.resume)}")
+        elif args.command == "eval":
+            from .train import evaluate_run
+
+            with pd_options():
+                print(evaluate_run(args.run).mul(100).round(1).to_string())
         elif args.data_command == "get":
             from .data.download import get
 

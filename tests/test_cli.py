@@ -50,3 +50,16 @@ def test_a_smaller_mini_dataset_is_read_where_it_was_made(tmp_path, home):
     assert main(["data", "mini", "--root", str(root), "--size", "4"]) == 0
     test = load_dataset("mini", "test", root=root)
     assert len(test) == 4 * len(test.classes) and sum(r.label for r in test.records) == 2 * len(test.classes)
+
+
+def test_train_and_eval_from_the_command_line(tmp_path, home, capsys):
+    root = make_mvtec(tmp_path / "mvtec", n_train=4, size=64)
+    args = ["train", "--name", "tiny", "--set", f"data.dataset=mvtec", f"data.root={root}", "data.image_size=64",
+            "train.steps=4", "eval.every=2", "eval.pool=4",
+            "model.args={hidden_dim: 16, num_heads: 2, ffn_dim: 32, neighbor_size: 1}"]
+    assert main(args) == 0
+    assert (home / "runs" / "tiny" / "seed0" / "curves.csv").is_file()
+    assert main(args) == 1 and "--resume" in capsys.readouterr().err  # never overwritten
+    assert main(["eval", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "bottle" in out and "pixel_AUPRO" in out

@@ -74,9 +74,9 @@ class CNN(nn.Module):
     ``CNN(CNNConfig.quick(in_channels=192))``.
     """
 
-    def __init__(self, config: CNNConfig | None = None, **overrides) -> None:
+    def __init__(self, config: CNNConfig | None = None, *, preset: str = "paper", **overrides) -> None:
         super().__init__()
-        cfg = replace(config or CNNConfig(), **overrides)
+        cfg = replace(config or (CNNConfig.quick() if preset == "quick" else CNNConfig()), **overrides)
         if cfg.hidden % 2 or cfg.hidden < 2:
             raise ValueError(f"hidden={cfg.hidden}: use an even width (stages C, C/2, C/2, C; paper: 256)")
         if len(cfg.depths) != 4 or min(cfg.depths) < 1:

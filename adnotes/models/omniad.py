@@ -286,9 +286,9 @@ class OmniAD(nn.Module):
     ``OmniAD(depths=(1, 1, 1, 1))``. The teacher itself (frozen backbone) lives outside the model.
     """
 
-    def __init__(self, config: OmniADConfig | None = None, **overrides) -> None:
+    def __init__(self, config: OmniADConfig | None = None, *, preset: str = "paper", **overrides) -> None:
         super().__init__()
-        cfg = replace(config or OmniADConfig(), **overrides)
+        cfg = replace(config or (OmniADConfig.quick() if preset == "quick" else OmniADConfig()), **overrides)
         n = len(cfg.in_channels)
         if len(cfg.in_strides) != n or any(b != 2 * a for a, b in zip(cfg.in_strides, cfg.in_strides[1:])):
             raise ValueError(f"in_strides={cfg.in_strides}: give one stride per teacher map (in_channels has "
