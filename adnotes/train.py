@@ -30,8 +30,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .features import FeatureSet
-from .metrics import METRIC_NAMES
+from .backbone import Backbone
+from .data import load_dataset
+from .evaluation import evaluate_maps
+from .features import FeatureSet, cached_features
+from .metrics import METRIC_NAMES, metrics_table
+from .models import create
+from .models.objectives import anomaly_map, reconstruction_loss
 from .paths import runs_dir
 
 __all__ = ["Config", "train", "fit", "load_features", "evaluate_model", "evaluate_run", "summarise"]
@@ -127,10 +132,6 @@ class Config:
 
 def load_features(cfg: Config, device: str = "cpu") -> tuple[FeatureSet, FeatureSet]:
     """Cached backbone features of the train and test splits the config names."""
-    from .backbone import Backbone
-    from .data import load_dataset
-    from .features import cached_features
-
     d = cfg.data
     backbone = Backbone(d.backbone, stages=tuple(d.stages), weights=d.weights)
     split = dict(root=d.root, classes=d.classes, normal=d.normal, image_size=d.image_size)
@@ -145,8 +146,6 @@ def _device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config, in_channels: int, feature_size: tuple[int, int]) -> torch.nn.Module:
-    from .models import create
-
     args = dict(cfg.model.args)
     if cfg.model.name in ("uniad", "transformer", "mlp"):
         args.setdefault("feature_size", tuple(feature_size))
@@ -161,9 +160,6 @@ def _loss_kind(model: torch.nn.Module) -> str:
 def evaluate_model(model: torch.nn.Module, test: FeatureSet, ev: EvalSection, *, aupro: bool,
                    device: torch.device, batch: int = 64) -> pd.DataFrame:
     """Per-class metric table of a model on cached test features (one evaluation path)."""
-    from .evaluation import evaluate_maps
-    from .models.objectives import anomaly_map
-
     was_training = model.training
     model.eval()
     maps = []
@@ -195,8 +191,6 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(t.decay_at * steps)), gamma=t.decay)
     kind = _loss_kind(model)
-    from .models.objectives import reconstruction_loss
-
     checkpoint, curves_path = folder / "checkpoint.pt", folder / "curves.csv"
     start, losses = 0, []
     if resume and checkpoint.is_file():
@@ -303,8 +297,6 @@ def evaluate_run(run: str | Path, features: tuple[FeatureSet, FeatureSet] | None
     if not tables:
         raise FileNotFoundError(f"no checkpoint under {run_dir}: has the run evaluated yet?")
     per_class = pd.concat(tables).groupby(level=0).mean()
-    from .metrics import metrics_table
-
     return metrics_table(per_class.drop(index="mean", errors="ignore").to_dict(orient="index"))
 
 

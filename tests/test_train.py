@@ -96,9 +96,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import adnotes.models.objectives as objectives
-
-    real = objectives.reconstruction_loss
+    real = trainer.reconstruction_loss
     calls = []
 
     def nan_at_step_3(*args, **kwargs):
@@ -106,7 +104,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monke
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(objectives, "reconstruction_loss", nan_at_step_3)
+    monkeypatch.setattr(trainer, "reconstruction_loss", nan_at_step_3)
     with pytest.raises(RuntimeError, match="at step 3 .*step 2"):
         train(tiny_config(), "nan", runs=tmp_path, features=tiny_features())
     assert torch.load(tmp_path / "nan" / "seed0" / "checkpoint.pt", weights_only=True)["step"] == 2
