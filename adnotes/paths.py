@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["home", "data_dir", "cache_dir", "runs_dir", "figures_dir"]
+__all__ = ["home", "data_dir", "cache_dir", "runs_dir", "figures_dir", "configs_dir"]
 
 
 def home() -> Path:
@@ -41,3 +41,12 @@ def runs_dir() -> Path:
 
 def figures_dir() -> Path:
     return home() / "figures"
+
+
+def configs_dir() -> Path:
+    """The shipped YAML configs (``configs/`` of the checkout; adnotes is installed with ``pip install -e``)."""
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no configs folder at {folder}: install adnotes from its repository with "
+                                "'pip install -e .' so that configs/ sits beside the package")
+    return folder

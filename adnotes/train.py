@@ -11,15 +11,28 @@ on the test split by the one evaluation path (:func:`adnotes.evaluation.evaluate
 per class (+ ``mean``) is appended to ``curves.csv`` at once. A checkpoint is written at every
 evaluation; a killed run continues with ``resume=True`` and ends with the same weights and
 curves as an uninterrupted one (the batch order is a function of seed and epoch, and the RNG
-states are saved). ``mode="separate"`` trains one model per class (Fig. 4), each in its own
+states are saved). The curves start at step 0, the untrained model: early on the score is
+mostly the feature norm, the floor every curve is read against. ``mode="separate"`` trains one model per class (Fig. 4), each in its own
 folder; several seeds run one after another, each in ``seed<k>/``.
 
 Run folder ``runs/<name>/``: ``config.yaml``, ``environment.json``, and per seed (and class)
 ``curves.csv``, ``metrics.json`` (final per-class table), ``checkpoint.pt``.
+
+On CUDA: bf16 autocast (``train.amp``), ``torch.compile`` (``train.compile``) and channels-last
+memory for models with convolutions. Several GPUs (or CPU processes) through ``torchrun``:
+
+    torchrun --nproc_per_node 8 -m adnotes train --config configs/uniad_mvtec.yaml
+
+``train.batch_size`` is the *global* batch: each of the W processes takes every W-th image of
+it and DDP averages the gradients, so W processes follow the single-process run step for step
+(up to float rounding and the random streams of dropout and jitter, which differ per process).
+Rank 0 evaluates, writes the curves and checkpoints; the others wait for it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -27,7 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import yaml
+from torch import nn
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
@@ -39,7 +54,8 @@ from .models import create
 from .models.objectives import anomaly_map, reconstruction_loss
 from .paths import runs_dir
 
-__all__ = ["Config", "train", "fit", "load_features", "evaluate_model", "evaluate_run", "summarise"]
+__all__ = ["Config", "train", "train_or_load", "run_name", "fit", "load_features", "evaluate_model", "evaluate_run",
+           "summarise", "final_metrics"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -61,6 +77,7 @@ class DataSection:
     weights: str = "offline"
     stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     image_size: int = 224
+    multiscale: bool = False     # True: each stage's map at its own stride (Omni-AD), not concatenated
 
 
 @dataclass
@@ -71,12 +88,15 @@ class TrainSection:
     batch_size: int = 8          # UniAD: 8 per GPU
     lr: float = 1e-4             # AdamW, UniAD §4.1
     weight_decay: float = 1e-4
+    decay_1d: bool = True        # false: no weight decay on biases and norm weights (Omni-AD §1.6)
     clip_grad: float = 0.1       # official config clip_max_norm
     decay_at: float = 0.8        # ×decay of the learning rate at this fraction of the run
     decay: float = 0.1
     seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "auto"         # auto | cpu | cuda
     amp: bool = True             # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = True         # torch.compile the model on CUDA (ignored on CPU)
+    channels_last: bool = True   # channels-last memory on CUDA for models with convolutions
 
 
 @dataclass
@@ -84,7 +104,9 @@ class EvalSection:
     every: int = 200             # steps between evaluations (and checkpoints)
     pool: int | None = 16        # image score: max of the pool×pool average-pooled map (UniAD)
     reduce: str = "max"          # "mean" for semantic AD (UniAD's CIFAR-10 rule)
+    sigma: float | None = None   # Gaussian smoothing of the full-size map (Omni-AD: 4; UniAD: none)
     aupro: bool = False          # AUPRO in the curves (always in the final table)
+    keep_weights: bool = False   # also keep the weights of every evaluation, weights_step<k>.pt (explorers)
 
 
 @dataclass
@@ -102,10 +124,15 @@ class Config:
         out = cls()
         for name, values in d.items():
             section = getattr(out, name)
-            known = {f.name for f in fields(section)}
-            if unknown := sorted(set(values or {}) - known):
+            known = {f.name: f.type for f in fields(section)}
+            if unknown := sorted(set(values or {}) - set(known)):
                 raise ValueError(f"unknown key(s) {unknown} in section {name!r}; keys: {', '.join(sorted(known))}")
             for key, value in (values or {}).items():
+                if isinstance(value, str) and known[key].startswith("float"):  # YAML reads 1e-3 as a string
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise ValueError(f"{name}.{key}={value!r}: expected a number") from None
                 setattr(section, key, value)
         return out
 
@@ -135,8 +162,8 @@ def load_features(cfg: Config, device: str = "cpu") -> tuple[FeatureSet, Feature
     d = cfg.data
     backbone = Backbone(d.backbone, stages=tuple(d.stages), weights=d.weights)
     split = dict(root=d.root, classes=d.classes, normal=d.normal, image_size=d.image_size)
-    return (cached_features(backbone, load_dataset(d.dataset, "train", **split), device=device),
-            cached_features(backbone, load_dataset(d.dataset, "test", **split), device=device))
+    return tuple(cached_features(backbone, load_dataset(d.dataset, name, **split), multiscale=d.multiscale,
+                                 device=device) for name in ("train", "test"))
 
 
 # ----------------------------------------------------------------------------- one model
@@ -145,29 +172,38 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
-def build_model(cfg: Config, in_channels: int, feature_size: tuple[int, int]) -> torch.nn.Module:
+def build_model(cfg: Config, features: FeatureSet) -> nn.Module:
+    """The configured model, sized to the features it will reconstruct."""
     args = dict(cfg.model.args)
-    if cfg.model.name in ("uniad", "transformer", "mlp"):
-        args.setdefault("feature_size", tuple(feature_size))
-    return create(cfg.model.name, preset=cfg.model.preset, in_channels=in_channels, **args)
+    if features.multiscale:  # Omni-AD: channels and strides of each teacher map
+        args.setdefault("in_strides", tuple(cfg.data.image_size // f.shape[-1] for f in features.features))
+    elif cfg.model.name in ("uniad", "transformer", "mlp"):
+        args.setdefault("feature_size", features.grid)
+    return create(cfg.model.name, preset=cfg.model.preset, in_channels=features.channels, **args)
 
 
-def _loss_kind(model: torch.nn.Module) -> str:
-    return getattr(getattr(model, "config", None), "loss", "mse")
+def _kinds(model: nn.Module) -> tuple[str, str]:
+    """(loss kind, map kind) of a model: its config's ``loss`` and ``map_kind`` (default: the loss's)."""
+    config = getattr(model, "config", None)
+    loss = getattr(config, "loss", "mse")
+    return loss, getattr(config, "map_kind", loss)
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, test: FeatureSet, ev: EvalSection, *, aupro: bool,
+def evaluate_model(model: nn.Module, test: FeatureSet, ev: EvalSection, *, aupro: bool,
                    device: torch.device, batch: int = 64) -> pd.DataFrame:
     """Per-class metric table of a model on cached test features (one evaluation path)."""
     was_training = model.training
     model.eval()
+    kind = _kinds(model)[1]
+    size = test.masks.shape[-2:] if test.multiscale and test.masks is not None else None  # per scale to full size
     maps = []
-    for x in test.features.split(batch):
-        x = x.to(device).float()                                   # (B, C, h, w)
-        maps.append(anomaly_map(x, model(x), _loss_kind(model)).float().cpu())  # (B, h, w)
+    for idx in torch.arange(len(test)).split(batch):
+        x = test.take(idx, device)                                   # (B, C, h, w) or a list per scale
+        maps.append(anomaly_map(x, model(x), kind, size=size).float().cpu())  # (B, h, w)
     model.train(was_training)
-    return evaluate_maps(torch.cat(maps), test, pool=ev.pool, reduce=ev.reduce, aupro=aupro, progress=False)
+    return evaluate_maps(torch.cat(maps), test, pool=ev.pool, reduce=ev.reduce, sigma=ev.sigma, aupro=aupro,
+                         progress=False)
 
 
 def _batches(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -178,19 +214,46 @@ def _batches(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     return perm[i * batch_size:(i + 1) * batch_size]
 
 
+def _log_curves(model: nn.Module, test: FeatureSet, ev: EvalSection, step: int, loss: float, path: Path, *,
+                aupro: bool, device: torch.device) -> pd.DataFrame:
+    """Evaluate and append one row per class (+ mean) to ``curves.csv``; ``loss`` = mean training loss since the last row."""
+    table = evaluate_model(model, test, ev, aupro=aupro, device=device)
+    rows = table.reindex(columns=METRIC_NAMES).reset_index(names="cls")  # fixed columns, NaN if not computed
+    rows.assign(step=step, loss=loss).to_csv(path, mode="a", header=not path.exists(), index=False)
+    return table
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torch.distributed."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _optimizer(model: nn.Module, t: TrainSection) -> torch.optim.Optimizer:
+    """AdamW; with ``decay_1d=False`` biases and norm weights (tensors of < 2 dims) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.decay_1d:
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr)
+
+
 def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed: int,
         resume: bool = False, desc: str = "train") -> pd.DataFrame:
     """Train one model on ``train_set`` and evaluate it on ``test`` every ``eval.every`` steps."""
     t, ev = cfg.train, cfg.eval
+    rank, world = _world()
     device = _device(t.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     folder.mkdir(parents=True, exist_ok=True)
     n = len(train_set)
     steps = t.epochs * max(1, n // t.batch_size) if t.epochs else t.steps
-    torch.manual_seed(seed)
-    model = build_model(cfg, train_set.features.shape[1], train_set.features.shape[-2:]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    model = build_model(cfg, train_set).to(device)
+    optimizer = _optimizer(model, t)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(t.decay_at * steps)), gamma=t.decay)
-    kind = _loss_kind(model)
+    loss_kind = _kinds(model)[0]
     checkpoint, curves_path = folder / "checkpoint.pt", folder / "curves.csv"
     start, losses = 0, []
     if resume and checkpoint.is_file():
@@ -200,20 +263,40 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
-        curves = pd.read_csv(curves_path)
-        curves[curves.step <= start].to_csv(curves_path, index=False)  # drop rows after the checkpoint
-    elif curves_path.exists():
+        if rank == 0:
+            curves = pd.read_csv(curves_path)
+            curves[curves.step <= start].to_csv(curves_path, index=False)  # drop rows after the checkpoint
+    elif curves_path.exists() and rank == 0:
         curves_path.unlink()
 
+    # The module that is trained: channels-last, compiled and DDP-wrapped where that applies.
+    # ``model`` stays the plain module: evaluation and checkpoints use it.
+    convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = t.channels_last and device.type == "cuda" and convs and not train_set.multiscale
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = model
+    if t.compile and device.type == "cuda":
+        step_model = torch.compile(step_model)
+    if world > 1:
+        torch.manual_seed(seed + 1000 * rank)  # dropout and jitter draw differently per rank
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
+    if start == 0 and rank == 0:  # the untrained model: the floor every curve starts from
+        _log_curves(model, test, ev, 0, float("nan"), curves_path, aupro=ev.aupro, device=device)
+        if ev.keep_weights:
+            torch.save(model.state_dict(), folder / "weights_step0.pt")
     model.train()
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step")
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step", disable=rank != 0)
     last = ""
     for step in bar:
-        idx = _batches(n, t.batch_size, seed, step)
-        x = train_set.features[idx].to(device).float()              # (B, C, h, w)
+        idx = _batches(n, t.batch_size, seed, step)[rank::world]     # this rank's share of the global batch
+        x = train_set.take(idx, device)                               # (B, C, h, w) or a list per scale
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            loss = reconstruction_loss(x, model(x), kind)
+            loss = reconstruction_loss(x, step_model(x), loss_kind)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss is {loss.item()} at step {step + 1} of {desc}: stopped. The last good "
                                f"checkpoint is {checkpoint} (step {start}); try a lower lr or amp=false.")
@@ -222,18 +305,27 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
         optimizer.step()
         scheduler.step()
+        if world > 1:  # the logged loss is the global batch's
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= world
         losses.append(loss.item())
         if (step + 1) % ev.every == 0 or step + 1 == steps:
-            table = evaluate_model(model, test, ev, aupro=ev.aupro or step + 1 == steps, device=device)
-            rows = table.reindex(columns=METRIC_NAMES).reset_index(names="cls")  # fixed columns, NaN if not computed
-            rows = rows.assign(step=step + 1, loss=sum(losses) / len(losses))
-            rows.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
+            if rank == 0:
+                table = _log_curves(model, test, ev, step + 1, sum(losses) / len(losses), curves_path,
+                                    aupro=ev.aupro or step + 1 == steps, device=device)
+                if ev.keep_weights:
+                    torch.save(model.state_dict(), folder / f"weights_step{step + 1}.pt")
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
+                            "seed": seed}, checkpoint)
+                last = f"image AUROC {table.loc['mean', 'image_AUROC']:.3f}"
+            if world > 1:
+                dist.barrier()
             losses, start = [], step + 1
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
-                        "seed": seed}, checkpoint)
-            last = f"image AUROC {table.loc['mean', 'image_AUROC']:.3f}"
         bar.set_postfix_str(f"loss {loss.item():.4f} {last}")
+    if rank != 0:
+        return pd.DataFrame()
     table = evaluate_model(model, test, ev, aupro=True, device=device)
     (folder / "metrics.json").write_text(json.dumps(table.to_dict(orient="index"), indent=2))
     return table
@@ -249,6 +341,24 @@ def _environment() -> dict:
             "threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def _init_distributed(cfg: Config) -> None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        cuda = _device(cfg.train.device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = _world()
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch: make it a multiple of "
+                         f"the {world} processes")
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def train(cfg: Config, name: str, *, resume: bool = False, runs: str | Path | None = None,
           features: tuple[FeatureSet, FeatureSet] | None = None) -> Path:
     """Train every seed (and, in separate mode, every class) of a run into ``runs/<name>``."""
@@ -260,13 +370,19 @@ def train(cfg: Config, name: str, *, resume: bool = False, runs: str | Path | No
         raise FileNotFoundError(f"nothing to resume at {run_dir}: it has no config.yaml")
     if resume:  # the saved config wins: a resumed run must be the same run
         cfg = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (run_dir / "environment.json").write_text(json.dumps(_environment(), indent=2))
-
-    train_set, test = features or load_features(cfg, device=str(_device(cfg.train.device)))
     if cfg.train.mode not in ("unified", "separate"):
         raise ValueError(f"train.mode must be 'unified' or 'separate', not {cfg.train.mode!r}")
+    _init_distributed(cfg)
+    rank = _world()[0]
+    _barrier()  # every rank has checked the folder before rank 0 creates it
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (run_dir / "environment.json").write_text(json.dumps(_environment() | {"processes": _world()[1]}, indent=2))
+        train_set, test = features or load_features(cfg, device=str(_device(cfg.train.device)))
+    _barrier()  # rank 0 has filled the feature cache; the others read it
+    if rank != 0:
+        train_set, test = features or load_features(cfg, device=str(_device(cfg.train.device)))
     for seed in cfg.train.seeds:
         if cfg.train.mode == "unified":
             fit(cfg, train_set, test, run_dir / f"seed{seed}", seed, resume, desc=f"{name} seed {seed}")
@@ -274,8 +390,49 @@ def train(cfg: Config, name: str, *, resume: bool = False, runs: str | Path | No
             for cls in sorted(set(test.classes)):
                 fit(cfg, train_set.select(cls), test.select(cls), run_dir / f"seed{seed}" / cls, seed, resume,
                     desc=f"{name} seed {seed} {cls}")
-    summarise(run_dir).to_csv(run_dir / "curves_summary.csv", index=False)
+    if rank == 0:
+        summarise(run_dir).to_csv(run_dir / "curves_summary.csv", index=False)
+    _barrier()
     return run_dir
+
+
+def run_name(cfg: Config, prefix: str) -> str:
+    """``<prefix>-<hash of the config>``: another config is another run, the same config the same run."""
+    return f"{prefix}-{hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _finished(run_dir: Path) -> bool:
+    """train() writes curves_summary.csv last, after every seed (and class) has finished."""
+    return (run_dir / "config.yaml").is_file() and (run_dir / "curves_summary.csv").is_file()
+
+
+def train_or_load(cfg: Config, prefix: str, *, runs: str | Path | None = None,
+                  features: tuple[FeatureSet, FeatureSet] | None = None) -> Path:
+    """The run of this exact config: loaded when finished, resumed when interrupted, else trained.
+
+    Its folder is ``runs/<prefix>-<config hash>`` (:func:`run_name`), so nothing that exists is
+    overwritten and a changed config never mixes with an old run."""
+    run_dir = (Path(runs) if runs is not None else runs_dir()) / run_name(cfg, prefix)
+    if _finished(run_dir):
+        print(f"found finished run {run_dir}: loading")
+        return run_dir
+    resume = (run_dir / "config.yaml").is_file()
+    print(f"{'resuming' if resume else 'training'} {run_dir.name}: {cfg.model.name} ({cfg.model.preset} preset), "
+          f"{cfg.train.epochs or cfg.train.steps} {'epochs' if cfg.train.epochs else 'steps'}, seeds {cfg.train.seeds}")
+    return train(cfg, run_dir.name, resume=resume, runs=run_dir.parent, features=features)
+
+
+def final_metrics(run: str | Path) -> pd.DataFrame:
+    """The per-class table a run wrote when it finished (mean over seeds; separate mode: per class), no recomputation."""
+    run_dir = Path(run)
+    tables = []
+    for path in sorted(run_dir.glob("seed*/**/metrics.json")):
+        table = pd.DataFrame(json.loads(path.read_text())).T
+        tables.append(table if path.parent.name.startswith("seed") else table.drop(index="mean"))
+    if not tables:
+        raise FileNotFoundError(f"no metrics.json under {run_dir}: the run has not finished")
+    per_class = pd.concat(tables).groupby(level=0).mean()
+    return metrics_table(per_class.drop(index="mean", errors="ignore").to_dict(orient="index"))
 
 
 def evaluate_run(run: str | Path, features: tuple[FeatureSet, FeatureSet] | None = None) -> pd.DataFrame:
@@ -290,7 +447,7 @@ def evaluate_run(run: str | Path, features: tuple[FeatureSet, FeatureSet] | None
     for checkpoint in sorted(run_dir.glob("seed*/**/checkpoint.pt")):
         folder = checkpoint.parent
         subset = test if folder.name.startswith("seed") else test.select(folder.name)
-        model = build_model(cfg, test.features.shape[1], test.features.shape[-2:]).to(device)
+        model = build_model(cfg, test).to(device)
         model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True)["model"])
         table = evaluate_model(model, subset, cfg.eval, aupro=True, device=device)
         tables.append(table if folder.name.startswith("seed") else table.drop(index="mean"))

@@ -15,17 +15,22 @@ def home(tmp_path, monkeypatch):
 
 def test_demo_runs_end_to_end_and_writes_its_figure(tmp_path, home, capsys):
     root = make_mvtec(tmp_path / "mvtec", n_train=4, size=64)
-    assert main(["demo", "--dataset", "mvtec", "--root", str(root), "--image-size", "64"]) == 0
+    demo = ["demo", "--dataset", "mvtec", "--root", str(root), "--image-size", "128", "--steps", "3"]
+    assert main(demo) == 0
     out = capsys.readouterr().out
     assert "bottle" in out and "wood" in out and "mean" in out and "image_AUROC" in out
+    assert "UniAD-quick" in out and "kNN" in out  # the side-by-side table
+    runs = list((home / "runs").glob("demo_uniad_quick-*"))
+    assert len(runs) == 1 and (runs[0] / "seed0" / "metrics.json").is_file()
     figure = home / "figures" / "demo_anomaly_maps.png"
     record = json.loads(figure.with_suffix(".json").read_text())
     assert figure.stat().st_size > 10_000
     assert record["config"]["dataset"] == "mvtec" and record["config"]["seed"] == 0
     assert set(record["data"]["metrics"]) == {"bottle", "wood", "mean"}
-    # A second run reads the feature cache instead of extracting again.
-    assert main(["demo", "--dataset", "mvtec", "--root", str(root), "--image-size", "64"]) == 0
-    assert "found cached features" in capsys.readouterr().out
+    # A second run reads the feature cache and the finished UniAD run instead of redoing them.
+    assert main(demo) == 0
+    out = capsys.readouterr().out
+    assert "found cached features" in out and "found finished run" in out
 
 
 def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path, home, capsys):

@@ -22,6 +22,10 @@ class CountingBackbone(nn.Module):
         self.calls += 1
         return nn.functional.avg_pool2d(x, 4)
 
+    def stage_maps(self, x):  # two "stages" at strides 2 and 4
+        self.calls += 1
+        return [nn.functional.avg_pool2d(x, 2), nn.functional.avg_pool2d(x, 4)]
+
 
 def test_features_are_cached_and_keyed_by_dataset(tmp_path):
     root = make_mvtec(tmp_path / "d")
@@ -42,6 +46,25 @@ def test_features_are_cached_and_keyed_by_dataset(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
     # A per-class view.
     assert first.select("wood").classes == ["wood"] * 3
+
+
+def test_multiscale_features_keep_each_stage_and_have_their_own_cache_entry(tmp_path):
+    root = make_mvtec(tmp_path / "d")
+    ds = ADDataset(mvtec_records(root, "test"), image_size=16, name="toy/test")
+    backbone = CountingBackbone()
+    single = cached_features(backbone, ds, cache_dir=tmp_path / "cache")
+    multi = cached_features(backbone, ds, cache_dir=tmp_path / "cache", multiscale=True)
+    assert multi.multiscale and not single.multiscale and len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert [tuple(f.shape) for f in multi.features] == [(6, 3, 8, 8), (6, 3, 4, 4)] and multi.channels == (3, 3)
+    calls = backbone.calls
+    again = cached_features(backbone, ds, cache_dir=tmp_path / "cache", multiscale=True)
+    assert backbone.calls == calls and all(torch.equal(a, b) for a, b in zip(again.features, multi.features))
+    expected = nn.functional.avg_pool2d(ds[4]["image"][None], 2)[0]
+    assert torch.allclose(multi.features[0][4].float(), expected, atol=1e-2)
+    wood = multi.select("wood")
+    assert [f.shape[0] for f in wood.features] == [3, 3]
+    batch = wood.take(torch.tensor([2, 0]))
+    assert torch.equal(batch[1][0], wood.features[1][2].float())
 
 
 def test_nearest_neighbour_maps_match_brute_force():

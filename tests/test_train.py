@@ -1,5 +1,6 @@
 """The trainer on tiny synthetic features: curves, resume, run folders, NaN stop, separate mode."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,44 +12,21 @@ from sklearn.metrics import roc_auc_score
 import adnotes.train as trainer
 from adnotes.features import FeatureSet
 from adnotes.train import Config, train
+from fixtures import tiny_config, tiny_features, tiny_multiscale_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_features(seed=0, classes=("a", "b"), n_train=12, n_test=8, c=8, s=32):
-    """Normal tokens ~ N(0, 1); a defective test image gets +3 in a 2×2 patch of its 4×4 grid."""
-    g = torch.Generator().manual_seed(seed)
-    train = torch.randn(n_train * len(classes), c, 4, 4, generator=g)
-    test = torch.randn(n_test * len(classes), c, 4, 4, generator=g)
-    labels = torch.tensor([i % 2 for i in range(len(test))])
-    masks = torch.zeros(len(test), s, s, dtype=torch.bool)
-    for i in torch.nonzero(labels).flatten():
-        test[i, :, 1:3, 1:3] += 3
-        masks[i, 8:24, 8:24] = True
-    return (FeatureSet(train.half(), torch.zeros(len(train), dtype=torch.long),
-                       [c for c in classes for _ in range(n_train)], None),
-            FeatureSet(test.half(), labels, [c for c in classes for _ in range(n_test)], masks))
-
-
-def tiny_config(**train):
-    return Config.load(None, [
-        "model.name=uniad", "model.preset=quick",
-        "model.args={hidden_dim: 16, num_heads: 2, ffn_dim: 32, num_encoder_layers: 1, "
-        "num_decoder_layers: 1, neighbor_size: 1, dropout: 0.0}",
-        "eval.every=2", "eval.pool=4", "train.steps=6", "train.batch_size=4", "train.lr=0.001",
-        *[f"train.{k}={v}" for k, v in train.items()]])
 
 
 def test_curves_and_final_metrics_match_an_independent_evaluation(tmp_path):
     feats = tiny_features()
     run = train(tiny_config(), "r", runs=tmp_path, features=feats)
     curves = pd.read_csv(run / "seed0" / "curves.csv")
-    assert sorted(set(curves.step)) == [2, 4, 6] and set(curves.cls) == {"a", "b", "mean"}
+    assert sorted(set(curves.step)) == [0, 2, 4, 6] and set(curves.cls) == {"a", "b", "mean"}
     assert {"image_AUROC", "pixel_AUROC", "loss"} <= set(curves.columns)
     assert (run / "config.yaml").is_file() and (run / "environment.json").is_file()
     # Recompute class a's image AUROC from the checkpoint by hand: L2 map, bilinear ×8
     # (align_corners), 4×4 average pool, max; then scikit-learn.
-    model = trainer.build_model(tiny_config(), 8, (4, 4))
+    model = trainer.build_model(tiny_config(), feats[0])
     model.load_state_dict(torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"])
     model.eval()
     test = feats[1].select("a")
@@ -125,6 +103,9 @@ def test_separate_mode_and_seeds_summary(tmp_path):
 def test_config_overrides_and_clear_errors(tmp_path):
     cfg = Config.load(None, ["train.steps=7", "data.stages=[2, 3]", "model.args={neighbor_size: 5}"])
     assert cfg.train.steps == 7 and cfg.data.stages == [2, 3] and cfg.model.args == {"neighbor_size": 5}
+    assert Config.load(None, ["train.lr=1e-3"]).train.lr == 0.001  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(ValueError, match="train.lr='fast': expected a number"):
+        Config.load(None, ["train.lr=fast"])
     with pytest.raises(ValueError, match="unknown key.*stepz"):
         Config.load(None, ["train.stepz=7"])
     with pytest.raises(ValueError, match="section.key=value"):
@@ -145,10 +126,120 @@ def test_evaluate_run_reproduces_the_final_metrics(tmp_path):
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds_its_model(path):
     cfg = Config.load(path)
-    channels = {"efficientnet_b4": [24, 32, 56, 160, 448], "efficientnet_lite0": [16, 24, 40, 112, 320]}
-    in_channels = sum(channels[cfg.data.backbone][s - 1] for s in cfg.data.stages)
-    model = trainer.build_model(cfg, in_channels, (cfg.data.image_size // 16,) * 2)
-    x = torch.randn(1, in_channels, cfg.data.image_size // 16, cfg.data.image_size // 16)
-    assert model.eval()(x).shape == x.shape
+    channels = {"efficientnet_b4": [24, 32, 56, 160, 448], "efficientnet_lite0": [16, 24, 40, 112, 320],
+                "resnet34": [64, 64, 128, 256, 512]}
+    stage_channels = [channels[cfg.data.backbone][s - 1] for s in cfg.data.stages]
+    size = cfg.data.image_size
+    if cfg.data.multiscale:  # one map per stage at stride 2**stage
+        x = [torch.randn(1, c, size // 2**s, size // 2**s) for c, s in zip(stage_channels, cfg.data.stages)]
+    else:
+        x = torch.randn(1, sum(stage_channels), size // 16, size // 16)
+    masks = torch.zeros(1, size, size, dtype=torch.bool)
+    model = trainer.build_model(cfg, FeatureSet(x, torch.zeros(1, dtype=torch.long), ["a"], masks))
+    out = model.eval()(x)
+    assert [o.shape for o in out] == [m.shape for m in x] if cfg.data.multiscale else out.shape == x.shape
+    in_channels = sum(stage_channels)
     if cfg.data.dataset == "cifar10":
         assert in_channels == 720  # UniAD App. B.4
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
+    """torchrun, 2 CPU processes: each takes half of the global batch and DDP averages the gradients."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "ddp_train.py"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), str(tmp_path / "two")], check=True, env=env)
+    one, two = (pd.read_csv(tmp_path / r / "ddp" / "seed0" / "curves.csv") for r in ("one", "two"))
+    assert len(one) == len(two) == 3 * 5  # 5 evaluations (steps 0, 2, 4, 6, 8) × (a, b, mean)
+    pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-4, rtol=1e-4)
+    a, b = (torch.load(tmp_path / r / "ddp" / "seed0" / "checkpoint.pt", weights_only=True)["model"]
+            for r in ("one", "two"))
+    # atol 1e-4: the attention key biases get gradients that are pure rounding noise (a key bias
+    # cancels in the softmax), and Adam scales noise up to ±lr per step.
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    env = json.loads((tmp_path / "two" / "ddp" / "environment.json").read_text())
+    assert env["processes"] == 2
+
+
+def test_omniad_trains_on_multiscale_features_and_scores_like_its_paper(tmp_path):
+    """Omni-AD through the one trainer: per-scale 1 - cos maps at image size, σ 4, image score = max."""
+    from scipy import ndimage
+
+    feats = tiny_multiscale_features()
+    cfg = Config.load(None, [
+        "model.name=omniad", "model.preset=quick", "data.multiscale=true", "data.image_size=64",
+        "model.args={widths: [16, 8, 8, 8], num_tokens: 4, heads: 2}",
+        "train.steps=4", "train.batch_size=4", "train.lr=0.001", "train.decay_1d=false", "train.clip_grad=5",
+        "eval.every=2", "eval.pool=null", "eval.sigma=4"])
+    run = train(cfg, "omni", runs=tmp_path, features=feats)
+    model = trainer.build_model(cfg, feats[0])
+    assert model.config.in_channels == (4, 6, 8) and model.config.in_strides == (4, 8, 16)
+    model.load_state_dict(torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"])
+    test = feats[1].select("b")
+    with torch.no_grad():
+        x = [f.float() for f in test.features]
+        student = model.eval()(x)
+    per_scale = []
+    for t, s in zip(x, student):  # numpy / scipy reference: 1 - cos, bilinear align_corners to 64², mean, σ 4
+        t, s = t.double().numpy(), s.double().numpy()
+        cos = (t * s).sum(1) / (np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1))
+        grid = np.arange(64) * (cos.shape[-1] - 1) / 63
+        rows, cols = np.meshgrid(grid, grid, indexing="ij")
+        per_scale.append([ndimage.map_coordinates(1 - c, [rows, cols], order=1) for c in cos])
+    maps = np.stack([ndimage.gaussian_filter(m, sigma=4) for m in np.mean(per_scale, axis=0)])
+    final = json.loads((run / "seed0" / "metrics.json").read_text())
+    assert final["b"]["image_AUROC"] == pytest.approx(roc_auc_score(test.labels, maps.max(axis=(1, 2))), abs=1e-6)
+    pixel = roc_auc_score(test.masks.numpy().ravel(), maps.ravel())
+    assert final["b"]["pixel_AUROC"] == pytest.approx(pixel, abs=1e-4)
+
+
+def test_decay_1d_false_exempts_biases_and_norms_from_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    cfg = Config.load(None, ["train.decay_1d=false", "train.weight_decay=0.5"])
+    groups = trainer._optimizer(model, cfg.train).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] == 0.5 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}
+    assert sum(len(g["params"]) for g in groups) == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_with_bf16_compile_and_channels_last(tmp_path):
+    """The CUDA path (bf16 autocast, torch.compile, channels-last for the CNN) trains and scores."""
+    feats = tiny_features()
+    cfg = Config.load(None, ["model.name=cnn", "model.preset=quick", "model.args={hidden: 16}", "train.steps=4",
+                             "train.batch_size=4", "train.device=cuda", "eval.every=2", "eval.pool=4"])
+    run = train(cfg, "cuda", runs=tmp_path, features=feats)
+    final = json.loads((run / "seed0" / "metrics.json").read_text())
+    assert 0.0 <= final["mean"]["image_AUROC"] <= 1.0
+
+
+def test_train_or_load_trains_once_and_keys_runs_by_config(tmp_path, capsys):
+    feats = tiny_features()
+    first = trainer.train_or_load(tiny_config(), "nb", runs=tmp_path, features=feats)
+    before = (first / "seed0" / "checkpoint.pt").read_bytes()
+    again = trainer.train_or_load(tiny_config(), "nb", runs=tmp_path, features=feats)
+    assert again == first and "found finished run" in capsys.readouterr().out
+    assert (first / "seed0" / "checkpoint.pt").read_bytes() == before  # loaded, not retrained
+    other = trainer.train_or_load(tiny_config(steps=4), "nb", runs=tmp_path, features=feats)
+    assert other != first and other.name.startswith("nb-")
+    table = trainer.final_metrics(first)
+    final = json.loads((first / "seed0" / "metrics.json").read_text())
+    assert table.loc["a", "image_AUROC"] == pytest.approx(final["a"]["image_AUROC"])
+
+
+def test_keep_weights_saves_the_weights_of_every_evaluation(tmp_path):
+    cfg = tiny_config()
+    cfg.eval.keep_weights = True
+    run = train(cfg, "w", runs=tmp_path, features=tiny_features())
+    steps = sorted(int(p.stem.split("step")[1]) for p in (run / "seed0").glob("weights_step*.pt"))
+    assert steps == [0, 2, 4, 6]
+    last = torch.load(run / "seed0" / "weights_step6.pt", weights_only=True)
+    final = torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(last[k], final[k]) for k in final)

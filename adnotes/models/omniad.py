@@ -59,8 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adnotes.metrics import gaussian_smooth, upsample
+from adnotes.metrics import gaussian_smooth
 from adnotes.models import register
+from adnotes.models.objectives import anomaly_map, reconstruction_loss
 
 
 @dataclass
@@ -74,6 +75,8 @@ class OmniADConfig:
     heads: int = 8  # attention heads at every stage, head dim = width / 8 (§1.4)
     jitter_scale: float = 20.0  # feature jitter on the bottleneck, every training step (§1.3)
     fresh_attention_mlp: bool = False  # True: the official quirk Q1 (untrained random MLP per call)
+    loss: str = "mse"  # training loss, summed over scales (official L2Loss, §1.6), for the trainer
+    map_kind: str = "cos"  # anomaly map: mean over scales of 1 - cos (§1.7), for the trainer
 
     @classmethod
     def quick(cls, **overrides) -> "OmniADConfig":
@@ -362,6 +365,8 @@ class OmniAD(nn.Module):
 
 
 # ----------------------------------------------------------------------------- loss and anomaly map
+# Both are the shared objectives (adnotes.models.objectives) with Omni-AD's kinds; named here so
+# that the paper's formulas read as one call.
 def _check_pairs(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> None:
     if len(teacher) != len(student) or any(t.shape != s.shape for t, s in zip(teacher, student)):
         raise ValueError(f"teacher and student maps must pair up with equal shapes, got "
@@ -371,7 +376,7 @@ def _check_pairs(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor
 def omniad_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sum over scales of the mean squared error (official ``L2Loss``, weight 1, §1.6)."""
     _check_pairs(teacher, student)
-    return sum(F.mse_loss(s, t) for t, s in zip(teacher, student))
+    return reconstruction_loss(list(teacher), list(student), "mse")
 
 
 def multiscale_cosine_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
@@ -383,5 +388,6 @@ def multiscale_cosine_map(teacher: Sequence[torch.Tensor], student: Sequence[tor
     The image score is the map's plain max: ``adnotes.metrics.image_score(maps, pool=None)``.
     """
     _check_pairs(teacher, student)
-    maps = [upsample(1 - F.cosine_similarity(t, s, dim=1), size) for t, s in zip(teacher, student)]
-    return gaussian_smooth(torch.stack(maps).mean(dim=0), sigma)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    amap = anomaly_map(list(teacher), list(student), "cos", size=size)
+    return gaussian_smooth(amap, sigma) if sigma else amap
