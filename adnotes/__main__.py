@@ -1,4 +1,4 @@
-"""Command line: ``python -m adnotes demo | train | eval RUN | data get NAME | data mini``."""
+"""Command line: ``python -m adnotes demo | train | eval RUN | results | figures | data get NAME | data mini``."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adnotes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="training-free nearest-neighbour baseline on the offline data")
+    demo = commands.add_parser("demo", help="nearest-neighbour baseline and quick UniAD on the offline data")
     demo.add_argument("--dataset", default="mini", choices=("mini", "mvtec", "visa"))
     demo.add_argument("--root", help="dataset folder (default: <ADNOTES_HOME>/data/<dataset>)")
     demo.add_argument("--backbone", default="efficientnet_lite0",
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
+    demo.add_argument("--steps", type=int, help="UniAD training steps (default: configs/uniad_quick.yaml's; "
+                      "0 skips UniAD)")
 
     train = commands.add_parser("train", help="train a model on cached features (see configs/)")
     train.add_argument("--config", type=Path, help="YAML with sections model/data/train/eval")
@@ -34,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue the run folder from its last checkpoint")
     evaluate = commands.add_parser("eval", help="score the final checkpoints of a run folder")
     evaluate.add_argument("run", type=Path, help="runs/<name> (or just <name>)")
+
+    results = commands.add_parser("results", help="regenerate the results cache (results/) the notebooks read")
+    results.add_argument("--only", nargs="*", metavar="NAME", help="these recipes only (default: all)")
+    results.add_argument("--full", action="store_true", help="the papers' settings (GPU) instead of quick mode")
+    results.add_argument("--list", action="store_true", help="list the recipes and what is cached")
+
+    figures = commands.add_parser("figures", help="execute the notebooks, regenerating every figure in figures/")
+    figures.add_argument("--full", action="store_true", help="full mode (the papers' settings; GPU)")
+    figures.add_argument("--only", nargs="*", metavar="NOTEBOOK", help="notebook name prefixes, e.g. 01 03")
+    figures.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
 
     data = commands.add_parser("data", help="make or download datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -49,11 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import DemoConfig, run_demo
+            from .demo import DemoConfig, run_demo, side_by_side, train_uniad_quick
 
-            run_demo(DemoConfig(dataset=args.dataset, root=args.root, backbone=args.backbone,
-                                weights=args.weights, image_size=args.image_size, seed=args.seed),
-                     device=args.device)
+            cfg = DemoConfig(dataset=args.dataset, root=args.root, backbone=args.backbone, weights=args.weights,
+                             image_size=args.image_size, seed=args.seed)
+            knn = run_demo(cfg, device=args.device)
+            if args.steps != 0:
+                uniad = train_uniad_quick(cfg, steps=args.steps, device=args.device)
+                print("\nThe training-free baseline beside UniAD in quick mode (values in %):")
+                with pd_options():
+                    print(side_by_side({"kNN": knn, "UniAD-quick": uniad}).to_string())
         elif args.command == "train":
             from .train import Config, train
 
@@ -67,6 +84,22 @@ def main(argv: list[str] | None = None) -> int:
 
             with pd_options():
                 print(evaluate_run(args.run).mul(100).round(1).to_string())
+        elif args.command == "results":
+            from . import results
+
+            if args.list:
+                listed = results.manifest()["recipes"]
+                for name, recipe in results.RECIPES.items():
+                    made = [f"{k} ({v['made']})" for k, v in listed.items() if k.split("-full")[0] == name]
+                    print(f"{name:<28} {recipe.what}; cached: {', '.join(made) or 'no'}")
+                if problems := results.verify():
+                    print("problems:\n  " + "\n  ".join(problems))
+            else:
+                results.regenerate(args.only, quick=not args.full)
+        elif args.command == "figures":
+            from .figures import execute_notebooks
+
+            execute_notebooks(args.only, quick=not args.full, timeout=args.timeout)
         elif args.data_command == "get":
             from .data.download import get
 
