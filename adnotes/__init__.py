@@ -5,3 +5,12 @@ Modules: ``backbone`` (frozen multi-stage features), ``features`` (the on-disk f
 plotting style), ``demo`` (the training-free baseline behind ``python -m adnotes demo``).
 """
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``adnotes.setup`` without importing torch on ``import adnotes``."""
+    if name == "setup":
+        from .notebook import setup
+
+        return setup
+    raise AttributeError(f"module 'adnotes' has no attribute {name!r}")

@@ -18,7 +18,11 @@ import torch
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .paths import figures_dir
 
-__all__ = ["MODEL_COLORS", "set_style", "denormalize", "anomaly_map_panels", "save_figure"]
+__all__ = ["MODEL_COLORS", "METRIC_LABELS", "set_style", "denormalize", "anomaly_map_panels", "training_curves",
+           "save_figure"]
+
+METRIC_LABELS = {"loss": "training loss", "image_AUROC": "image AUROC", "pixel_AUROC": "pixel AUROC",
+                 "image_AP": "image AP", "pixel_AP": "pixel AP", "pixel_AUPRO": "pixel AUPRO", "mAD": "mAD"}
 
 _palette = sns.color_palette("colorblind")
 MODEL_COLORS = {
@@ -64,6 +68,40 @@ def anomaly_map_panels(images: list[np.ndarray], masks: list[np.ndarray], maps: 
     for ax, name in zip(axes[0], ("image", "ground truth", "anomaly map")):
         ax.set_title(name, fontsize=10)
     fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.5, aspect=30, label="anomaly score")
+    return fig
+
+
+def training_curves(curves: dict[str, "pd.DataFrame"], metrics: tuple[str, ...] = ("loss", "image_AUROC", "pixel_AUROC"),
+                    *, cls: str = "mean", styles: dict[str, dict] | None = None, floor: dict[str, float] | None = None,
+                    logy_loss: bool = True) -> plt.Figure:
+    """UniAD Fig. 2a / Fig. 4 layout: one panel per metric against training steps, one line per run.
+
+    ``curves``: label -> a run's ``curves_summary.csv`` (columns step, cls, metric, mean, std); the
+    band is ± one std over seeds. A label's colour is its model's (``MODEL_COLORS``, matched on
+    the first word of the label) unless ``styles[label]`` gives matplotlib line kwargs.
+    ``floor``: metric -> value of the untrained model, drawn as a dotted grey line.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes[0], metrics):
+        for label, summary in curves.items():
+            rows = summary[(summary.cls == cls) & (summary.metric == metric)].dropna(subset=["mean"]).sort_values("step")
+            style = {"color": MODEL_COLORS.get(label.split()[0].lower().split("-")[0], None), "lw": 1.8}
+            style |= (styles or {}).get(label, {})
+            ax.plot(rows.step, rows["mean"], label=label, **style)
+            std = rows["std"].fillna(0).to_numpy()
+            if std.any():
+                ax.fill_between(rows.step, rows["mean"] - std, rows["mean"] + std, alpha=0.2, color=style["color"], lw=0)
+        if floor and metric in floor:
+            ax.axhline(floor[metric], color=MODEL_COLORS["untrained"], ls=":", lw=1.5, label="untrained")
+        ax.set_xlabel("training step")
+        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=11)
+        if metric == "loss" and logy_loss:
+            ax.set_yscale("log")
+    seen = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=9, frameon=False)
     return fig
 
 

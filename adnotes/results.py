@@ -7,8 +7,8 @@
 
 Each *recipe* names a config and its overrides for quick and for full mode. Regenerating a
 recipe trains it by the one trainer (:func:`adnotes.train.train_or_load`, into ``runs/``) and
-copies the slim part into ``results/<name>[-full]/``: config, environment, curves, final
-metrics and the model weights (no optimizer state). ``results/MANIFEST.json`` lists every file
+copies the slim part into ``results/<name>[-full]/``: config, environment, curves and final
+metrics of every seed, and the first seed's weights in float16 (no optimizer state). ``results/MANIFEST.json`` lists every file
 with its sha256 and, per recipe, the command that made it; :func:`verify` checks them, and a
 cached result whose files do not match is not used.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 
 from .paths import configs_dir
 
-__all__ = ["RECIPES", "Recipe", "results_dir", "load_or_train", "cached", "regenerate", "verify", "manifest"]
+__all__ = ["RECIPES", "ABLATIONS", "ablation_recipe", "Recipe", "results_dir", "load_or_train", "cached", "regenerate", "verify", "manifest"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,57 @@ class Recipe:
 
 
 SEEDS = "train.seeds=[0,1,2]"
-# The long-schedule curves of UniAD Fig. 2a: 3 seeds, weights kept at every evaluation (early vs late maps).
-_SHORTCUT = ("train.steps=3000", "eval.every=250", "train.lr=1.0e-3", SEEDS, "eval.keep_weights=true")
-RECIPES: dict[str, Recipe] = {
-    **{f"shortcut_{m}": Recipe(m, _SHORTCUT, (SEEDS,), f"{m}: the long curve of Fig. 2a, 3 seeds",
-                               ("01_identity_shortcut",))
-       for m in ("mlp", "cnn", "transformer", "uniad")},
+# UniAD Fig. 2a's long curves: 3 seeds; the first seed's weights also at steps 150 and 600 (early vs late).
+_SHORTCUT = ("train.steps=1500", "eval.every=150", SEEDS, "eval.keep_steps=[150,600]")
+# The attention models run ~4× slower on a CPU (~3.4 steps/s): 900 steps keep the cache a one-hour job.
+_SHORTCUT_ATTENTION = ("train.steps=900", "eval.every=150", SEEDS, "eval.keep_steps=[150,600]")
+_ONE_SEED = ("train.steps=600", "eval.every=60", "train.seeds=[0]")
+_ABLATION = ("train.steps=400", "eval.every=100", "train.seeds=[0]")
+
+# UniAD's ablations (Tab. 5a-f, A3, A4) as config switches of the quick UniAD; the default of
+# each table (query every, 2+2 layers here, 7×7, NMA everywhere, α 20, p 1, design a, MSE) is one row.
+ABLATIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "5a_query": {"none": ("model.args={query: none, decoder_design: vanilla}",),
+                 "first": ("model.args={query: first, decoder_design: vanilla}",), "every": ()},
+    "5b_layers": {"1+1": ("model.args={num_encoder_layers: 1, num_decoder_layers: 1}",), "2+2": (),
+                  "3+3": ("model.args={num_encoder_layers: 3, num_decoder_layers: 3}",)},
+    "5c_neighbor": {f"{k}x{k}": (f"model.args={{neighbor_size: {k}}}",) for k in (1, 3, 5)} | {"7x7": ()},
+    "5d_nma": {"none": ("model.args={neighbor_mask: [false, false, false]}",),
+               "encoder": ("model.args={neighbor_mask: [true, false, false]}",),
+               "decoder": ("model.args={neighbor_mask: [false, true, true]}",), "all": ()},
+    "5e_jitter_scale": {"0": ("model.args={jitter_prob: 0.0}",), "10": ("model.args={jitter_scale: 10.0}",),
+                        "20": (), "40": ("model.args={jitter_scale: 40.0}",)},
+    "5f_jitter_prob": {"0.5": ("model.args={jitter_prob: 0.5}",), "1": ()},
+    "A3_design": {d: (f"model.args={{decoder_design: {d}}}",) for d in "bcdef"} | {"a": ()},
+    "A4_loss": {"mse": (), "nmse": ("model.args={loss: nmse}",), "cos": ("model.args={loss: cos}",)},
 }
+_DEFAULT_ROW = "ablation_default"
+
+RECIPES: dict[str, Recipe] = {
+    **{f"shortcut_{m}": Recipe(m, _SHORTCUT if m in ("mlp", "cnn") else _SHORTCUT_ATTENTION, (SEEDS,),
+                               f"{m}: the long curve of Fig. 2a, 3 seeds", ("01_identity_shortcut", "06_explorer"))
+       for m in ("mlp", "cnn", "transformer", "uniad")},
+    "fig4_mlp_unified": Recipe("mlp", _ONE_SEED, (), "MLP, one model for all classes (Fig. 4)",
+                               ("02_unified_vs_separate",)),
+    "fig4_mlp_separate": Recipe("mlp", (*_ONE_SEED, "train.mode=separate"), ("train.mode=separate",),
+                                "MLP, one model per class (Fig. 4)", ("02_unified_vs_separate",)),
+    "omniad_quick": Recipe("omniad", ("train.seeds=[0]",), (), "Omni-AD, quick preset", ("04_omniad",)),
+    "semantic_digits": Recipe("digits", ("train.steps=500", "eval.every=100", "train.seeds=[0]"), (),
+                              "UniAD, many-vs-many on digits (Tab. 4)",
+                              ("07_semantic_ad",)),
+    _DEFAULT_ROW: Recipe("uniad", _ABLATION, (), "UniAD quick, the default row of every ablation table",
+                         ("05_ablations",)),
+    **{f"ablation_{table}_{label}": Recipe("uniad", (*_ABLATION, *overrides), overrides,
+                                           f"UniAD quick, Tab. {table.split('_')[0]}: {label}", ("05_ablations",))
+       for table, rows in ABLATIONS.items() for label, overrides in rows.items() if overrides},
+}
+
+
+def ablation_recipe(table: str, label: str) -> str:
+    """The recipe name of one row of an ablation table (the default row is shared by all tables)."""
+    if table not in ABLATIONS or label not in ABLATIONS[table]:
+        raise ValueError(f"unknown ablation {table}/{label}; tables: {', '.join(ABLATIONS)}")
+    return f"ablation_{table}_{label}" if ABLATIONS[table][label] else _DEFAULT_ROW
 
 
 def results_dir() -> Path:
@@ -130,7 +175,11 @@ def load_or_train(name: str, session) -> Path:
 
 
 def _slim_copy(run: Path, dest: Path) -> None:
-    """Config, environment, curves, metrics and weights only (optimizer state dropped)."""
+    """Config, environment, curves and metrics of every seed; the first seed's weights in float16 (no
+    optimizer state). Other seeds' weights stay in runs/: the cache holds what the notebooks read."""
+    import yaml
+
+    first = f"seed{yaml.safe_load((run / 'config.yaml').read_text())['train']['seeds'][0]}"
     if dest.exists():
         shutil.rmtree(dest)
     for path in sorted(run.rglob("*")):
@@ -139,18 +188,27 @@ def _slim_copy(run: Path, dest: Path) -> None:
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        if path.name == "checkpoint.pt":
+        first_seed = rel.parts[0] == first
+        if path.name == "checkpoint.pt" and first_seed:  # float16: half the size, same maps to ~1e-3
+            state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+            torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                       target.with_name("weights.pt"))
+        elif path.name.startswith("weights_step") and first_seed:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            torch.save(state["model"], target.with_name("weights.pt"))
-        elif path.suffix in (".yaml", ".json", ".csv") or path.name.startswith("weights_step"):
+            torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
+        elif path.suffix in (".yaml", ".json", ".csv"):
             shutil.copy2(path, target)
 
 
-def _write_manifest(recipes: dict) -> None:
+def _write_manifest(key: str, entry: dict) -> None:
+    """Hash every file under results/ and record how ``key`` was made (other recipes' entries kept)."""
     root = results_dir()
+    recipes = manifest()["recipes"] | {key: entry}
     files = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*"))
              if p.is_file() and p.name != "MANIFEST.json"}
-    (root / "MANIFEST.json").write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True))
+    tmp = root / f"MANIFEST.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True))
+    tmp.replace(root / "MANIFEST.json")
 
 
 def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Path]:
@@ -159,17 +217,15 @@ def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Pa
     from .train import train_or_load
 
     session = setup(quick)
-    recipes = manifest()["recipes"]
     out = []
     for name in names or list(RECIPES):
         run = train_or_load(_config(name, session), name)
         dest = results_dir() / _key(name, quick)
         _slim_copy(run, dest)
-        recipes[_key(name, quick)] = {
+        _write_manifest(_key(name, quick), {
             "command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",
             "made": time.strftime("%Y-%m-%d"), "run": run.name,
-            "environment": json.loads((run / "environment.json").read_text())}
-        _write_manifest(recipes)
+            "environment": json.loads((run / "environment.json").read_text())})
         print(f"cached {dest}")
         out.append(dest)
     return out

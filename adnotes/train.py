@@ -54,8 +54,8 @@ from .models import create
 from .models.objectives import anomaly_map, reconstruction_loss
 from .paths import runs_dir
 
-__all__ = ["Config", "train", "train_or_load", "run_name", "fit", "load_features", "evaluate_model", "evaluate_run",
-           "summarise", "final_metrics"]
+__all__ = ["Config", "train", "train_or_load", "run_name", "fit", "load_features", "evaluate_model", "anomaly_maps",
+           "evaluate_run", "summarise", "final_metrics", "load_model"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -106,7 +106,7 @@ class EvalSection:
     reduce: str = "max"          # "mean" for semantic AD (UniAD's CIFAR-10 rule)
     sigma: float | None = None   # Gaussian smoothing of the full-size map (Omni-AD: 4; UniAD: none)
     aupro: bool = False          # AUPRO in the curves (always in the final table)
-    keep_weights: bool = False   # also keep the weights of every evaluation, weights_step<k>.pt (explorers)
+    keep_steps: list[int] = field(default_factory=list)  # also keep the weights at these steps (0 = untrained)
 
 
 @dataclass
@@ -190,9 +190,10 @@ def _kinds(model: nn.Module) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, test: FeatureSet, ev: EvalSection, *, aupro: bool,
-                   device: torch.device, batch: int = 64) -> pd.DataFrame:
-    """Per-class metric table of a model on cached test features (one evaluation path)."""
+def anomaly_maps(model: nn.Module, test: FeatureSet, *, device: str | torch.device = "cpu",
+                 batch: int = 64) -> torch.Tensor:
+    """(N, h, w) float32 anomaly maps of a model on cached test features, on the feature grid
+    (multi-scale features: the mean over scales at the image size): what :func:`evaluate_model` scores."""
     was_training = model.training
     model.eval()
     kind = _kinds(model)[1]
@@ -202,8 +203,14 @@ def evaluate_model(model: nn.Module, test: FeatureSet, ev: EvalSection, *, aupro
         x = test.take(idx, device)                                   # (B, C, h, w) or a list per scale
         maps.append(anomaly_map(x, model(x), kind, size=size).float().cpu())  # (B, h, w)
     model.train(was_training)
-    return evaluate_maps(torch.cat(maps), test, pool=ev.pool, reduce=ev.reduce, sigma=ev.sigma, aupro=aupro,
-                         progress=False)
+    return torch.cat(maps)
+
+
+def evaluate_model(model: nn.Module, test: FeatureSet, ev: EvalSection, *, aupro: bool,
+                   device: torch.device, batch: int = 64) -> pd.DataFrame:
+    """Per-class metric table of a model on cached test features (one evaluation path)."""
+    return evaluate_maps(anomaly_maps(model, test, device=device, batch=batch), test, pool=ev.pool,
+                         reduce=ev.reduce, sigma=ev.sigma, aupro=aupro, progress=False)
 
 
 def _batches(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -285,7 +292,7 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     if start == 0 and rank == 0:  # the untrained model: the floor every curve starts from
         _log_curves(model, test, ev, 0, float("nan"), curves_path, aupro=ev.aupro, device=device)
-        if ev.keep_weights:
+        if 0 in ev.keep_steps:
             torch.save(model.state_dict(), folder / "weights_step0.pt")
     model.train()
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step", disable=rank != 0)
@@ -305,6 +312,8 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
         optimizer.step()
         scheduler.step()
+        if step + 1 in ev.keep_steps and rank == 0:  # weights_step<k>.pt: for early-vs-late views
+            torch.save(model.state_dict(), folder / f"weights_step{step + 1}.pt")
         if world > 1:  # the logged loss is the global batch's
             loss = loss.detach().clone()
             dist.all_reduce(loss)
@@ -314,8 +323,6 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
             if rank == 0:
                 table = _log_curves(model, test, ev, step + 1, sum(losses) / len(losses), curves_path,
                                     aupro=ev.aupro or step + 1 == steps, device=device)
-                if ev.keep_weights:
-                    torch.save(model.state_dict(), folder / f"weights_step{step + 1}.pt")
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
                             "seed": seed}, checkpoint)
@@ -433,6 +440,34 @@ def final_metrics(run: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no metrics.json under {run_dir}: the run has not finished")
     per_class = pd.concat(tables).groupby(level=0).mean()
     return metrics_table(per_class.drop(index="mean", errors="ignore").to_dict(orient="index"))
+
+
+def load_model(run: str | Path, *, seed: int | None = None, cls: str | None = None, step: int | None = None,
+               features: FeatureSet | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A trained model of a run folder (or of a cached result), in eval mode.
+
+    ``seed``: the run's first seed by default; ``cls``: the class of a separate-mode run; ``step``:
+    the weights kept at that step (``eval.keep_steps``), else the final ones. The model is
+    sized from ``features`` or, without them, from the run's data config (loads the cached features)."""
+    run_dir = Path(run)
+    cfg = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    folder = run_dir / f"seed{cfg.train.seeds[0] if seed is None else seed}" / (cls or "")
+    if step is not None:
+        path = folder / f"weights_step{step}.pt"
+    else:
+        path = next((p for p in (folder / "weights.pt", folder / "checkpoint.pt") if p.is_file()), folder / "weights.pt")
+    model_for = lambda: build_model(cfg, features if features is not None else load_features(cfg)[1])  # noqa: E731
+    if step == 0 and not path.is_file():  # the untrained model: fit()'s seeded initialisation
+        torch.manual_seed(cfg.train.seeds[0] if seed is None else seed)
+        return model_for().to(device).eval()
+    if not path.is_file():
+        kept = sorted(int(p.stem[12:]) for p in folder.glob("weights_step*.pt"))
+        raise FileNotFoundError(f"no weights at {path}" + (f"; kept steps: {kept}" if kept else ""))
+    state = torch.load(path, map_location=device, weights_only=True)
+    state = state["model"] if path.name == "checkpoint.pt" else state
+    model = model_for().to(device)
+    model.load_state_dict(state)  # float16 weights of the results cache are cast to the model's float32
+    return model.eval()
 
 
 def evaluate_run(run: str | Path, features: tuple[FeatureSet, FeatureSet] | None = None) -> pd.DataFrame:

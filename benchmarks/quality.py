@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adnotes.train import Config, load_features, train
+from adnotes.train import Config, load_features, train_or_load
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="training steps (default: each quick config's)")
     parser.add_argument("--every", type=int, help="evaluate every N steps (default: each config's)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--runs", type=Path, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--runs", type=Path, help="run folders (default: a temporary folder); a finished run "
+                        "of the same config there is read, not retrained")
     args = parser.parse_args()
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="adnotes-quality-"))
@@ -39,7 +40,7 @@ def main() -> None:
         cfg = Config.load(CONFIGS / f"{name}_quick.yaml", overrides)
         key = (cfg.data.multiscale, tuple(cfg.data.stages))
         features[key] = features.get(key) or load_features(cfg)
-        run = train(cfg, f"{name}_quick", runs=runs, features=features[key])
+        run = train_or_load(cfg, f"quality_{name}", runs=runs, features=features[key])
         curves = pd.read_csv(run / "curves_summary.csv").query("cls == 'mean'")
         wide = curves.pivot(index="step", columns="metric", values="mean")
         spread = curves.query("metric == 'image_AUROC'").set_index("step")["std"]

@@ -12,7 +12,7 @@ from torch import nn
 from adnotes.models import create
 from adnotes.models.cnn import CNN, BasicBlock, CNNConfig
 from adnotes.models.omniad import (GlobalBranch, LocalBranch, OmniAD, OmniADConfig, OmniBlock, PatchExpand,
-                                   feature_jitter, multiscale_cosine_map, omniad_loss, tokens_to_map)
+                                   branch_probe, feature_jitter, multiscale_cosine_map, omniad_loss, tokens_to_map)
 
 SMALL_CNN = dict(in_channels=12, hidden=16, depths=(1, 2, 1, 1))
 # the paper's teacher (ResNet-34 layers 1-3: 64/128/256 channels) with a shrunk decoder
@@ -290,3 +290,47 @@ def test_multiscale_cosine_map_matches_numpy_and_scipy():
     np.testing.assert_allclose(amap, expected, atol=1e-5)  # scipy's reflect border too
     unsmoothed = multiscale_cosine_map(teacher, student, size, sigma=0).numpy()
     np.testing.assert_allclose(unsmoothed, mean, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- branch probe
+def block_output(block: OmniBlock, x: torch.Tensor, g: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """The Omni-block fusion (§1.4) written out, with the branch outputs g and l given."""
+    y = block.fc1(g + l)
+    mean, var = y.mean(dim=(1, 2), keepdim=True), y.var(dim=(1, 2), unbiased=False, keepdim=True)
+    return x + block.fc2(F.silu((y - mean) / torch.sqrt(var + 1e-5)))
+
+
+@pytest.mark.parametrize("drop", [None, "global", "attention", "local"])
+def test_branch_probe_records_and_drops_as_the_fusion_formula(drop):
+    block = OmniBlock(dim=8, heads=2, num_tokens=16).eval()
+    randomize_zero_inits(block)
+    x = torch.randn(2, 6, 5, 8)
+    g, l = block.global_branch(x), block.local_branch(x)
+    with branch_probe(block, drop=drop) as seen:
+        out = block(x)
+    assert set(seen) == {""} and set(seen[""]) == {"input", "global", "local", "output"}
+    torch.testing.assert_close(seen[""]["output"], out)
+    torch.testing.assert_close(seen[""]["input"], x)
+    torch.testing.assert_close(seen[""]["global"], g)  # recorded as computed, before the drop
+    torch.testing.assert_close(seen[""]["local"], l)
+    g_used = {"global": torch.zeros_like(g), "attention": 2 * x}.get(drop, g)
+    l_used = torch.zeros_like(l) if drop == "local" else l
+    torch.testing.assert_close(out, block_output(block, x, g_used, l_used), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(block(x), block_output(block, x, g, l), rtol=1e-4, atol=1e-5)  # hooks removed
+
+
+def test_branch_probe_names_every_block_of_a_model_and_can_skip_recording():
+    cfg = OmniADConfig.quick()
+    model = OmniAD(cfg).eval()
+    maps = teacher_maps(cfg, 64, batch=1)
+    with branch_probe(model) as seen:
+        plain = model(maps)
+    assert sorted(seen) == [f"stages.{i}.1" for i in range(4)]  # stage = (PatchExpand or Identity, block)
+    assert [seen[f"stages.{i}.1"]["local"].shape[1:] for i in range(4)] == [(2, 2, 128), (4, 4, 64), (8, 8, 32),
+                                                                           (16, 16, 16)]
+    with branch_probe(model, drop="local", record=False) as seen:
+        dropped = model(maps)
+    assert seen == {} and not torch.allclose(dropped[0], plain[0])
+    with pytest.raises(ValueError, match="drop must be one of"):
+        with branch_probe(model, drop="both"):
+            pass

@@ -372,3 +372,22 @@ def test_same_output_on_cuda():
     want = model(x)
     got = model.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_recorded_attention_respects_the_neighbour_mask_and_sums_to_one():
+    from adnotes.models.uniad import neighbor_mask, recording_attention
+
+    model = models.create("uniad", preset="quick", in_channels=8, feature_size=6, neighbor_size=3, hidden_dim=16,
+                   num_heads=2, ffn_dim=32).eval()
+    x = torch.randn(2, 8, 6, 6)
+    with recording_attention(model) as maps:
+        out = model(x)
+    assert torch.allclose(out, model(x), atol=1e-5)  # recording changes nothing (up to the fused kernel)
+    assert set(maps) == {"encoder.0.attn", "encoder.1.attn", "decoder.0.attn1", "decoder.0.attn2",
+                         "decoder.1.attn1", "decoder.1.attn2"}
+    blocked = neighbor_mask(6, 6, (3, 3), x.device)  # True = may not attend
+    for weights in maps.values():
+        assert weights.shape == (2, 36, 36)
+        assert torch.allclose(weights.sum(-1), torch.ones(2, 36), atol=1e-5)
+        assert weights[:, blocked].abs().max() == 0
+    assert all(not m.record for m in model.modules() if hasattr(m, "record"))

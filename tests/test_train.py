@@ -234,12 +234,17 @@ def test_train_or_load_trains_once_and_keys_runs_by_config(tmp_path, capsys):
     assert table.loc["a", "image_AUROC"] == pytest.approx(final["a"]["image_AUROC"])
 
 
-def test_keep_weights_saves_the_weights_of_every_evaluation(tmp_path):
+def test_keep_steps_saves_the_weights_at_those_steps(tmp_path):
     cfg = tiny_config()
-    cfg.eval.keep_weights = True
-    run = train(cfg, "w", runs=tmp_path, features=tiny_features())
+    cfg.eval.keep_steps = [0, 3, 6]
+    feats = tiny_features()
+    run = train(cfg, "w", runs=tmp_path, features=feats)
     steps = sorted(int(p.stem.split("step")[1]) for p in (run / "seed0").glob("weights_step*.pt"))
-    assert steps == [0, 2, 4, 6]
+    assert steps == [0, 3, 6]
+    untrained = trainer.load_model(run, step=0, features=feats[1])
+    torch.manual_seed(0)  # fit() seeds the initial weights with the run's seed
+    fresh = trainer.build_model(cfg, feats[0])
+    assert all(torch.equal(a, b) for a, b in zip(untrained.state_dict().values(), fresh.state_dict().values()))
     last = torch.load(run / "seed0" / "weights_step6.pt", weights_only=True)
     final = torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(last[k], final[k]) for k in final)

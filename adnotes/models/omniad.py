@@ -6,6 +6,8 @@
     student = model(teacher)                         # the same shapes
     loss = omniad_loss(teacher, student)             # training
     amap = multiscale_cosine_map(teacher, student, size=224)   # (B, 224, 224); image score = amap max
+    with branch_probe(model, drop="local") as seen:  # record the Omni-blocks' branches, switch one off
+        model(teacher)
 
 The layout follows the official code (easyoo/Omni-AD, `shared/papers/method-specs.md` §1.3-1.7):
 
@@ -52,7 +54,8 @@ clip-norm 5, batch 16, 1000 epochs, x0.1 at 80%: §1.6) belong to the trainer, n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -362,6 +365,66 @@ class OmniAD(nn.Module):
             outputs.append(x)
         return [proj(out).permute(0, 3, 1, 2)  # (B, C_k, H_k, W_k), finest first
                 for proj, out in zip(self.project, outputs[::-1])]
+
+
+# ----------------------------------------------------------------------------- branch probe
+BRANCH_DROPS = (None, "global", "attention", "local")
+
+
+@contextmanager
+def branch_probe(model: nn.Module, drop: str | None = None,
+                 record: bool = True) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+    """Record, and optionally switch off, the two branches of every Omni-block: an inference-time probe.
+
+        with branch_probe(model, drop="local") as seen:
+            model(maps)
+        seen["stages.3.1"]   # {"input": x, "global": g(x), "local": l(x), "output": block(x)}, each (B, H, W, C)
+
+    ``drop`` replaces one branch's output in every block (the trained weights are not touched):
+    "global" -> 0, "attention" -> its 2x pass-through (g(x) = B + up(A) + 2x without B and up(A),
+    i.e. both attentions removed), "local" -> 0. Recorded are the branches as computed, before
+    the replacement (blocks after a dropped one see changed inputs). This shows what a trained
+    model relies on; it is not an ablation (a model trained without a branch would adapt).
+    ``record=False`` only drops (no tensors kept, e.g. while evaluating a whole test set).
+    """
+    if drop not in BRANCH_DROPS:
+        raise ValueError(f"drop must be one of {BRANCH_DROPS}, got {drop!r}")
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def replacement(branch: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        if drop == branch:  # "global" or "local": the branch's output -> 0
+            return torch.zeros_like(out)
+        if drop == "attention" and branch == "global":  # keep only the pass-through 2x
+            return 2 * x
+        return None  # a forward hook returning None keeps the output
+
+    def hook(name: str, branch: str):
+        def fn(module: nn.Module, inputs: tuple[torch.Tensor], out: torch.Tensor) -> torch.Tensor | None:
+            x = inputs[0]  # (B, H, W, C)
+            if record:
+                seen.setdefault(name, {"input": x.detach()})[branch] = out.detach()
+            return replacement(branch, x, out)
+        return fn
+
+    def output_hook(name: str):
+        def fn(module: nn.Module, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+            if record:
+                seen[name]["output"] = out.detach()
+        return fn
+
+    handles = []
+    for name, block in model.named_modules():
+        if isinstance(block, OmniBlock):
+            handles.append(block.global_branch.register_forward_hook(hook(name, "global")))
+            handles.append(block.local_branch.register_forward_hook(hook(name, "local")))
+            handles.append(block.register_forward_hook(output_hook(name)))
+    if not handles:
+        raise ValueError("the model has no Omni-block")
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # ----------------------------------------------------------------------------- loss and anomaly map

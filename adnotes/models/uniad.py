@@ -63,6 +63,7 @@ without the query tables it would be 7.52 M).
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -208,15 +209,42 @@ class PositionEmbedding(nn.Module):
 
 class NeighborMaskedAttention(nn.Module):
     """Multi-head attention; the position embedding is added to queries and keys, not values;
-    `mask` (from :func:`neighbor_mask`, or None for full attention) blocks keys per query."""
+    `mask` (from :func:`neighbor_mask`, or None for full attention) blocks keys per query.
+    Inside :func:`recording_attention` it keeps its last head-averaged weights in `.weights`."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.record, self.weights = False, None
 
     def forward(self, query: Tensor, kv: Tensor, pos: Tensor | None, mask: Tensor | None) -> Tensor:
         q, k = (query, kv) if pos is None else (query + pos, kv + pos)
-        return self.mha(q, k, kv, attn_mask=mask, need_weights=False)[0]  # (B, N, C)
+        out, weights = self.mha(q, k, kv, attn_mask=mask, need_weights=self.record)
+        if self.record:
+            self.weights = weights.detach()  # (B, N_query, N_key), averaged over heads
+        return out  # (B, N, C)
+
+
+@contextmanager
+def recording_attention(model: nn.Module):
+    """Collect every attention's weights during a forward pass, named by module path:
+
+        with recording_attention(model) as maps:
+            model(x)
+        maps["encoder.0.attn"]  # (B, HW, HW): row i = where token i looks
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, NeighborMaskedAttention)}
+    maps: dict[str, Tensor] = {}
+    for m in layers.values():
+        m.record = True
+    try:
+        yield maps
+    finally:
+        for name, m in layers.items():
+            m.record = False
+            if m.weights is not None:
+                maps[name] = m.weights
+            m.weights = None
 
 
 class AddNorm(nn.Module):
