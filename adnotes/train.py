@@ -296,7 +296,7 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
             torch.save(model.state_dict(), folder / "weights_step0.pt")
     model.train()
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step", disable=rank != 0)
-    last = ""
+    last, table = "", None
     for step in bar:
         idx = _batches(n, t.batch_size, seed, step)[rank::world]     # this rank's share of the global batch
         x = train_set.take(idx, device)                               # (B, C, h, w) or a list per scale
@@ -333,7 +333,8 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
         bar.set_postfix_str(f"loss {loss.item():.4f} {last}")
     if rank != 0:
         return pd.DataFrame()
-    table = evaluate_model(model, test, ev, aupro=True, device=device)
+    if table is None:  # else the last curve row (step == steps) already scored the final weights, with AUPRO
+        table = evaluate_model(model, test, ev, aupro=True, device=device)
     (folder / "metrics.json").write_text(json.dumps(table.to_dict(orient="index"), indent=2))
     return table
 
