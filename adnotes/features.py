@@ -15,11 +15,12 @@ each stage's map at its own stride, ``[(N, C_k, H / 2**k, W / 2**k), ...]``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -37,6 +38,7 @@ class FeatureSet:
     labels: torch.Tensor         # (N,) int64, 1 = anomalous
     classes: list[str]           # (N,) class of each image
     masks: torch.Tensor | None   # (N, S, S) bool at the image size; None for normal-only splits
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per image, e.g. "images": (N, 3, s, s) float16
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,16 +70,28 @@ class FeatureSet:
             raise KeyError(f"no images of class {cls!r}; classes: {sorted(set(self.classes))}")
         features = [f[idx] for f in self.features] if self.multiscale else self.features[idx]
         return FeatureSet(features, self.labels[idx], [cls] * len(idx),
-                          None if self.masks is None else self.masks[idx])
+                          None if self.masks is None else self.masks[idx],
+                          {k: v[idx] for k, v in self.extras.items()})
+
+    def batch(self, idx: torch.Tensor, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """What a model's ``training_loss`` may need beside the features: ``labels`` (B,), ``masks``
+        (B, S, S) bool when the split has pixel labels, and every extra (float32) of the images ``idx``."""
+        out = {"labels": self.labels[idx].to(device)}
+        if self.masks is not None:
+            out["masks"] = self.masks[idx].to(device)
+        return out | {k: v[idx].to(device).float() for k, v in self.extras.items()}
 
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, dataset: ADDataset, *, multiscale: bool = False,
-                     batch_size: int = 16, device: str | torch.device = "cpu") -> FeatureSet:
-    """Run the frozen backbone over a dataset split (``multiscale``: keep each stage's own map)."""
+                     keep_images: int | None = None, batch_size: int = 16,
+                     device: str | torch.device = "cpu") -> FeatureSet:
+    """Run the frozen backbone over a dataset split (``multiscale``: keep each stage's own map;
+    ``keep_images=s``: also keep the normalised images at s×s, ``extras["images"]``, for models
+    that reconstruct pixels, HaloAE)."""
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    feats, masks = [], []
+    feats, masks, kept = [], [], []
     for batch in tqdm(loader, desc=f"features {dataset.name}", unit="batch"):
         images = batch["image"].to(device)
         if multiscale:
@@ -85,34 +99,42 @@ def extract_features(backbone: torch.nn.Module, dataset: ADDataset, *, multiscal
         else:
             feats.append(backbone(images).half().cpu())                          # (B, C, h, w)
         masks.append(batch["mask"][:, 0] > 0.5)                                  # (B, S, S)
+        if keep_images:
+            kept.append(F.interpolate(batch["image"], size=(keep_images, keep_images), mode="bilinear",
+                                        antialias=True, align_corners=False).half())  # (B, 3, s, s)
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
     keep_masks = bool(labels.any()) and dataset.has_masks
     features = [torch.cat(stage) for stage in zip(*feats)] if multiscale else torch.cat(feats)
-    return FeatureSet(features, labels, [r.cls for r in dataset.records], torch.cat(masks) if keep_masks else None)
+    extras = {"images": torch.cat(kept)} if keep_images else {}
+    return FeatureSet(features, labels, [r.cls for r in dataset.records], torch.cat(masks) if keep_masks else None,
+                      extras)
 
 
-def cache_key(backbone: torch.nn.Module, dataset: ADDataset, multiscale: bool = False) -> str:
+def cache_key(backbone: torch.nn.Module, dataset: ADDataset, multiscale: bool = False,
+              keep_images: int | None = None) -> str:
     name = dataset.name.replace("/", "-")
-    layout = "-multiscale" if multiscale else ""
+    layout = ("-multiscale" if multiscale else "") + (f"-images{keep_images}" if keep_images else "")
     return f"{backbone.fingerprint}{layout}-{name}-{dataset.image_size}px-{dataset.fingerprint()}"
 
 
 def cached_features(backbone: torch.nn.Module, dataset: ADDataset, *, multiscale: bool = False,
-                    cache_dir: str | Path | None = None, batch_size: int = 16,
+                    keep_images: int | None = None, cache_dir: str | Path | None = None, batch_size: int = 16,
                     device: str | torch.device = "cpu", verbose: bool = True) -> FeatureSet:
     """Features from the cache, extracted and stored first when they are not there yet."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "features"
-    path = folder / f"{cache_key(backbone, dataset, multiscale)}.pt"
+    path = folder / f"{cache_key(backbone, dataset, multiscale, keep_images)}.pt"
     if path.is_file():
         if verbose:
             print(f"found cached features {path.name}: loading")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return FeatureSet(state["features"], state["labels"], list(state["classes"]), state.get("masks"))
-    fs = extract_features(backbone, dataset, multiscale=multiscale, batch_size=batch_size, device=device)
+        return FeatureSet(state["features"], state["labels"], list(state["classes"]), state.get("masks"),
+                          state.get("extras", {}))
+    fs = extract_features(backbone, dataset, multiscale=multiscale, keep_images=keep_images,
+                          batch_size=batch_size, device=device)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"features": fs.features, "labels": fs.labels, "classes": np.array(fs.classes).tolist(),
-                "masks": fs.masks}, tmp)
+                "masks": fs.masks, "extras": fs.extras}, tmp)
     tmp.replace(path)  # atomic: a killed run never leaves a half-written cache entry
     if verbose:
         print(f"cached features in {path}")

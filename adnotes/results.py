@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,12 +201,29 @@ def _slim_copy(run: Path, dest: Path) -> None:
             shutil.copy2(path, target)
 
 
+@contextmanager
+def _locked():
+    """An exclusive lock on the cache, so that parallel regenerations never lose a manifest entry."""
+    results_dir().mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: run one `results` process at a time there
+        yield
+        return
+    with open(results_dir() / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_manifest(key: str, entry: dict) -> None:
     """Hash every file under results/ and record how ``key`` was made (other recipes' entries kept)."""
     root = results_dir()
     recipes = manifest()["recipes"] | {key: entry}
     files = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != "MANIFEST.json"}
+             if p.is_file() and p.name != "MANIFEST.json" and not p.name.startswith(".")}
     tmp = root / f"MANIFEST.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True))
     tmp.replace(root / "MANIFEST.json")
@@ -221,11 +239,12 @@ def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Pa
     for name in names or list(RECIPES):
         run = train_or_load(_config(name, session), name)
         dest = results_dir() / _key(name, quick)
-        _slim_copy(run, dest)
-        _write_manifest(_key(name, quick), {
-            "command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",
-            "made": time.strftime("%Y-%m-%d"), "run": run.name,
-            "environment": json.loads((run / "environment.json").read_text())})
+        with _locked():  # several `results` processes may share the cache
+            _slim_copy(run, dest)
+            _write_manifest(_key(name, quick), {
+                "command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",
+                "made": time.strftime("%Y-%m-%d"), "run": run.name,
+                "environment": json.loads((run / "environment.json").read_text())})
         print(f"cached {dest}")
         out.append(dest)
     return out

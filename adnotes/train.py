@@ -51,7 +51,7 @@ from .evaluation import evaluate_maps
 from .features import FeatureSet, cached_features
 from .metrics import METRIC_NAMES, metrics_table
 from .models import create
-from .models.objectives import anomaly_map, reconstruction_loss
+from .models.objectives import LOSS_KINDS, anomaly_map, reconstruction_loss
 from .paths import runs_dir
 
 __all__ = ["Config", "train", "train_or_load", "run_name", "fit", "load_features", "evaluate_model", "anomaly_maps",
@@ -77,7 +77,11 @@ class DataSection:
     weights: str = "offline"
     stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     image_size: int = 224
+    out_stride: int = 16         # stride of the concatenated feature grid (UniAD: 16, 14×14 at 224²)
     multiscale: bool = False     # True: each stage's map at its own stride (Omni-AD), not concatenated
+    synthetic: str | list[str] | None = None  # generated anomalies added to the train split (adnotes.data.synthetic)
+    synthetic_copies: int = 1    # views per train image and generator (1 confetti view: FCDD's p = 0.5)
+    keep_images: int | None = None  # also cache the train/test images at this size (HaloAE's image branch)
 
 
 @dataclass
@@ -107,6 +111,7 @@ class EvalSection:
     sigma: float | None = None   # Gaussian smoothing of the full-size map (Omni-AD: 4; UniAD: none)
     aupro: bool = False          # AUPRO in the curves (always in the final table)
     keep_steps: list[int] = field(default_factory=list)  # also keep the weights at these steps (0 = untrained)
+    normalize: bool = False      # map := |map - its mean over the train set's normal images| (HaloAE eq. 7)
 
 
 @dataclass
@@ -157,13 +162,26 @@ class Config:
 
 # ----------------------------------------------------------------------------- data
 
+def make_backbone(d: DataSection) -> nn.Module:
+    """The frozen feature extractor a data config names (HaloAE's VGG19 taps, else a timm backbone)."""
+    if d.backbone == "vgg19":
+        from .backbone import VGG19Taps
+
+        return VGG19Taps(weights=d.weights)
+    return Backbone(d.backbone, stages=tuple(d.stages), weights=d.weights, out_stride=d.out_stride)
+
+
 def load_features(cfg: Config, device: str = "cpu") -> tuple[FeatureSet, FeatureSet]:
-    """Cached backbone features of the train and test splits the config names."""
+    """Cached backbone features of the train split (with its generated anomalies, ``data.synthetic``)
+    and the test split the config names."""
+    from .data.synthetic import with_synthetic
+
     d = cfg.data
-    backbone = Backbone(d.backbone, stages=tuple(d.stages), weights=d.weights)
+    backbone = make_backbone(d)
     split = dict(root=d.root, classes=d.classes, normal=d.normal, image_size=d.image_size)
-    return tuple(cached_features(backbone, load_dataset(d.dataset, name, **split), multiscale=d.multiscale,
-                                 device=device) for name in ("train", "test"))
+    train = with_synthetic(load_dataset(d.dataset, "train", **split), d.synthetic, d.synthetic_copies)
+    return tuple(cached_features(backbone, dataset, multiscale=d.multiscale, keep_images=d.keep_images, device=device)
+                 for dataset in (train, load_dataset(d.dataset, "test", **split)))
 
 
 # ----------------------------------------------------------------------------- one model
@@ -183,17 +201,22 @@ def build_model(cfg: Config, features: FeatureSet) -> nn.Module:
 
 
 def _kinds(model: nn.Module) -> tuple[str, str]:
-    """(loss kind, map kind) of a model: its config's ``loss`` and ``map_kind`` (default: the loss's)."""
+    """(loss kind, map kind) of a model: its config's ``loss`` and ``map_kind`` (default: the loss's
+    when that is a shared kind, else "mse"; models with their own ``training_loss`` name other losses)."""
     config = getattr(model, "config", None)
     loss = getattr(config, "loss", "mse")
-    return loss, getattr(config, "map_kind", loss)
+    return loss, getattr(config, "map_kind", loss if loss in LOSS_KINDS else "mse")
 
 
 @torch.no_grad()
 def anomaly_maps(model: nn.Module, test: FeatureSet, *, device: str | torch.device = "cpu",
-                 batch: int = 64) -> torch.Tensor:
+                 batch: int = 64, reference: FeatureSet | None = None) -> torch.Tensor:
     """(N, h, w) float32 anomaly maps of a model on cached test features, on the feature grid
-    (multi-scale features: the mean over scales at the image size): what :func:`evaluate_model` scores."""
+    (multi-scale features: the mean over scales at the image size): what :func:`evaluate_model` scores.
+
+    The map is the model's own ``anomaly_map`` when it has one, else its config's map kind. With
+    ``reference`` (a train split) every map becomes |map − mean map of the reference's normal
+    images| (HaloAE eq. 7, ``eval.normalize``)."""
     was_training = model.training
     model.eval()
     kind = _kinds(model)[1]
@@ -201,16 +224,29 @@ def anomaly_maps(model: nn.Module, test: FeatureSet, *, device: str | torch.devi
     maps = []
     for idx in torch.arange(len(test)).split(batch):
         x = test.take(idx, device)                                   # (B, C, h, w) or a list per scale
-        maps.append(anomaly_map(x, model(x), kind, size=size).float().cpu())  # (B, h, w)
+        out = model(x)
+        m = model.anomaly_map(x, out) if hasattr(model, "anomaly_map") else anomaly_map(x, out, kind, size=size)
+        maps.append(m.float().cpu())                                 # (B, h, w)
     model.train(was_training)
-    return torch.cat(maps)
+    maps = torch.cat(maps)
+    if reference is not None:
+        normal = torch.nonzero(reference.labels == 0).flatten()
+        if len(normal) == 0:
+            raise ValueError("eval.normalize needs normal images in the train split to average")
+        normal_set = FeatureSet(reference.take(normal), reference.labels[normal], [reference.classes[i] for i in normal],
+                                None)
+        maps = (maps - anomaly_maps(model, normal_set, device=device, batch=batch).mean(0)).abs()
+    return maps
 
 
 def evaluate_model(model: nn.Module, test: FeatureSet, ev: EvalSection, *, aupro: bool,
-                   device: torch.device, batch: int = 64) -> pd.DataFrame:
-    """Per-class metric table of a model on cached test features (one evaluation path)."""
-    return evaluate_maps(anomaly_maps(model, test, device=device, batch=batch), test, pool=ev.pool,
-                         reduce=ev.reduce, sigma=ev.sigma, aupro=aupro, progress=False)
+                   device: torch.device, batch: int = 64, reference: FeatureSet | None = None) -> pd.DataFrame:
+    """Per-class metric table of a model on cached test features (one evaluation path);
+    ``reference``: the train split, needed when ``ev.normalize``."""
+    if ev.normalize and reference is None:
+        raise ValueError("eval.normalize: pass the train split as reference=")
+    maps = anomaly_maps(model, test, device=device, batch=batch, reference=reference if ev.normalize else None)
+    return evaluate_maps(maps, test, pool=ev.pool, reduce=ev.reduce, sigma=ev.sigma, aupro=aupro, progress=False)
 
 
 def _batches(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -222,9 +258,9 @@ def _batches(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
 
 
 def _log_curves(model: nn.Module, test: FeatureSet, ev: EvalSection, step: int, loss: float, path: Path, *,
-                aupro: bool, device: torch.device) -> pd.DataFrame:
+                aupro: bool, device: torch.device, reference: FeatureSet) -> pd.DataFrame:
     """Evaluate and append one row per class (+ mean) to ``curves.csv``; ``loss`` = mean training loss since the last row."""
-    table = evaluate_model(model, test, ev, aupro=aupro, device=device)
+    table = evaluate_model(model, test, ev, aupro=aupro, device=device, reference=reference)
     rows = table.reindex(columns=METRIC_NAMES).reset_index(names="cls")  # fixed columns, NaN if not computed
     rows.assign(step=step, loss=loss).to_csv(path, mode="a", header=not path.exists(), index=False)
     return table
@@ -291,7 +327,7 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
             step_model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     if start == 0 and rank == 0:  # the untrained model: the floor every curve starts from
-        _log_curves(model, test, ev, 0, float("nan"), curves_path, aupro=ev.aupro, device=device)
+        _log_curves(model, test, ev, 0, float("nan"), curves_path, aupro=ev.aupro, device=device, reference=train_set)
         if 0 in ev.keep_steps:
             torch.save(model.state_dict(), folder / "weights_step0.pt")
     model.train()
@@ -303,7 +339,11 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            loss = reconstruction_loss(x, step_model(x), loss_kind)
+            out = step_model(x)
+            if hasattr(model, "training_loss"):  # a method's own objective (ADTR+, HaloAE)
+                loss = model.training_loss(x, out, train_set.batch(idx, device), progress=step / steps)
+            else:
+                loss = reconstruction_loss(x, out, loss_kind)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss is {loss.item()} at step {step + 1} of {desc}: stopped. The last good "
                                f"checkpoint is {checkpoint} (step {start}); try a lower lr or amp=false.")
@@ -322,7 +362,7 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
         if (step + 1) % ev.every == 0 or step + 1 == steps:
             if rank == 0:
                 table = _log_curves(model, test, ev, step + 1, sum(losses) / len(losses), curves_path,
-                                    aupro=ev.aupro or step + 1 == steps, device=device)
+                                    aupro=ev.aupro or step + 1 == steps, device=device, reference=train_set)
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
                             "seed": seed}, checkpoint)
@@ -334,7 +374,7 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
     if rank != 0:
         return pd.DataFrame()
     if table is None:  # else the last curve row (step == steps) already scored the final weights, with AUPRO
-        table = evaluate_model(model, test, ev, aupro=True, device=device)
+        table = evaluate_model(model, test, ev, aupro=True, device=device, reference=train_set)
     (folder / "metrics.json").write_text(json.dumps(table.to_dict(orient="index"), indent=2))
     return table
 
@@ -478,14 +518,16 @@ def evaluate_run(run: str | Path, features: tuple[FeatureSet, FeatureSet] | None
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); runs are in {runs_dir()}")
     cfg = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     device = _device(cfg.train.device)
-    _, test = features or load_features(cfg, device=str(device))
+    train_set, test = features or load_features(cfg, device=str(device))
     tables = []
     for checkpoint in sorted(run_dir.glob("seed*/**/checkpoint.pt")):
         folder = checkpoint.parent
-        subset = test if folder.name.startswith("seed") else test.select(folder.name)
+        per_class = not folder.name.startswith("seed")
+        subset = test.select(folder.name) if per_class else test
+        reference = train_set.select(folder.name) if per_class else train_set
         model = build_model(cfg, test).to(device)
         model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True)["model"])
-        table = evaluate_model(model, subset, cfg.eval, aupro=True, device=device)
+        table = evaluate_model(model, subset, cfg.eval, aupro=True, device=device, reference=reference)
         tables.append(table if folder.name.startswith("seed") else table.drop(index="mean"))
     if not tables:
         raise FileNotFoundError(f"no checkpoint under {run_dir}: has the run evaluated yet?")

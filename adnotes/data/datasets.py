@@ -48,7 +48,7 @@ class Record:
     label: int                # 0 normal, 1 anomalous
     cls: str                  # class name; for semantic AD the name of the normal set
     defect: str = "good"
-    mask: Path | None = None  # None: all-normal pixels (or no pixel labels at all)
+    mask: Path | np.ndarray | None = None  # a file or an (H, W) bool array; None: all-normal (or no pixel labels)
 
 
 def _missing(root: Path, what: str, layout: str, where: str) -> FileNotFoundError:
@@ -211,7 +211,8 @@ class ADDataset(Dataset):
         self.records = list(records)
         self.image_size = image_size
         self.name = name
-        self.has_masks = not isinstance(self.records[0].image, np.ndarray)
+        # Semantic AD (in-memory images, no masks) has no pixel labels; generated anomalies carry theirs.
+        self.has_masks = any(not isinstance(r.image, np.ndarray) or r.mask is not None for r in self.records)
         self.classes = sorted({r.cls for r in self.records})
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -235,7 +236,8 @@ class ADDataset(Dataset):
         r = self.records[index]
         if r.mask is None:
             return np.zeros(size[::-1], dtype=bool)
-        mask = _open(r.mask).convert("L")
+        mask = Image.fromarray(np.asarray(r.mask, dtype=np.uint8) * 255) if isinstance(r.mask, np.ndarray) \
+            else _open(r.mask).convert("L")
         if mask.size != size:
             raise ValueError(f"mask {r.mask} is {mask.size[0]}×{mask.size[1]} but its image {r.image} "
                              f"is {size[0]}×{size[1]}: they must have the same size")
@@ -263,6 +265,8 @@ class ADDataset(Dataset):
         for r in self.records:
             if isinstance(r.image, np.ndarray):
                 h.update(r.image.tobytes())
+                if isinstance(r.mask, np.ndarray):
+                    h.update(np.packbits(r.mask).tobytes())
             else:
                 for p in (r.image, r.mask):
                     if p is not None:
