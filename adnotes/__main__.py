@@ -1,4 +1,4 @@
-"""Command line: ``python -m adnotes demo | train | eval RUN | results | figures | data get NAME | data mini``."""
+"""Command line: ``python -m adnotes demo | train | eval RUN | results | figures | zoo | data get NAME | data mini``."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="nearest-neighbour baseline and quick UniAD on the offline data")
-    demo.add_argument("--dataset", default="mini", choices=("mini", "mvtec", "visa"))
+    demo.add_argument("--dataset", default="mini", choices=("mini", "mvtec", "visa", "realiad"))
     demo.add_argument("--root", help="dataset folder (default: <ADNOTES_HOME>/data/<dataset>)")
     demo.add_argument("--backbone", default="efficientnet_lite0",
                       help="timm model name; efficientnet_b4 is the paper's (needs --weights hub)")
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--full", action="store_true", help="full mode (the papers' settings; GPU)")
     figures.add_argument("--only", nargs="*", metavar="NOTEBOOK", help="notebook name prefixes, e.g. 01 03")
     figures.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+
+    zoo = commands.add_parser("zoo", help="every method on the same data: one table with cost and published numbers")
+    zoo.add_argument("--only", nargs="*", metavar="METHOD", help="these methods only (default: all)")
+    zoo.add_argument("--full", action="store_true", help="full mode (the papers' settings; GPU)")
+    zoo.add_argument("--per-class", action="store_true", help="also print the per-class table")
 
     data = commands.add_parser("data", help="make or download datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -100,6 +105,19 @@ def main(argv: list[str] | None = None) -> int:
             from .figures import execute_notebooks
 
             execute_notebooks(args.only, quick=not args.full, timeout=args.timeout)
+        elif args.command == "zoo":
+            from .notebook import setup
+            from .zoo import published_table, zoo_table
+
+            summary, per_class = zoo_table(setup(not args.full, verbose=False), args.only)
+            with pd_options():
+                print("\nOurs (values in %; mean over classes; cost of the model alone on cached features):")
+                print(summary.round(2).to_string())
+                if args.per_class:
+                    print("\nPer class:")
+                    print(per_class.round(1).to_string(index=False))
+                print("\nPublished (other data, backbones and schedules: context, not a comparison):")
+                print(published_table(args.only).to_string(index=False))
         elif args.data_command == "get":
             from .data.download import get
 

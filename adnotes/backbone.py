@@ -219,3 +219,122 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.fingerprint}, channels={self.channels}, strides={self.strides}"
+
+
+# ----------------------------------------------------------------------------- HaloAE's VGG19 taps
+
+_VGG19_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256)  # torchvision cfg "E" up to relu3_4
+_VGG19_TAPS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu3_4": 17}  # indices in vgg19().features
+_VGG19_TAP_STRIDES = (1, 2, 4, 4)
+
+
+class VGG19Taps(nn.Module):
+    """HaloAE's frozen multi-scale VGG19 feature map (method-specs §2.1; after DFR, YoungGod/DFR).
+
+    torchvision VGG19 (no BN) up to relu3_4, every 3×3 conv with padding 0 after a
+    ReflectionPad2d(1) (the code rebuilds the convs this way). The taps relu1_1 (64 ch, stride 1),
+    relu2_1 (128, 2), relu3_1 (256, 4), relu3_4 (256, 4) are each nearest-upsampled to the input
+    size and average-pooled out_stride × out_stride: (B, 704, H / 4, W / 4) for the paper's 4,
+    704×64×64 at 256². No normalisation of the features. (Nearest upsampling by s then an r·s
+    window average equals an r-window average of the tap: the fast path, exact.)
+
+    weights: "hub" (torchvision IMAGENET1K_V1, vgg19-dcbb9e9d.pth; downloads once), "none" (random
+    init, for tests) or the path of a torchvision vgg19 state dict. Input: ImageNet-normalised
+    images, as torchvision's weights expect. Same interface as :class:`Backbone` for the cache.
+    """
+
+    def __init__(self, weights: str | os.PathLike = "hub", out_stride: int = 4) -> None:
+        super().__init__()
+        if out_stride not in (1, 2, 4, 8, 16):
+            raise ValueError(f"out_stride={out_stride!r}: use a power of two up to 16 (HaloAE: 4)")
+        self.name, self.out_stride = "vgg19", out_stride
+        self.weights = weights if weights in ("hub", "none") else str(weights)
+        layers, c = [], 3
+        for v in _VGG19_LAYERS:  # torchvision's module indices, so its state-dict keys load as they are
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=0), nn.ReLU()]  # padding: ReflectionPad2d(1) in forward
+                c = v
+        self.features = nn.Sequential(*layers)
+        if weights == "hub":
+            state = self._hub_state_dict()
+        elif weights == "none":
+            state = None
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"weights={str(weights)!r} is neither 'hub', 'none' nor a file: pass the "
+                                        "path of torchvision's vgg19-dcbb9e9d.pth")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if state is not None:
+            keep = {k.removeprefix("features."): v for k, v in state.items()
+                    if k.startswith("features.") and int(k.split(".")[1]) < len(self.features)}
+            self.features.load_state_dict(keep, strict=True)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def _hub_state_dict() -> dict[str, torch.Tensor]:
+        from torchvision.models import VGG19_Weights
+
+        try:
+            return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        except Exception as err:  # no internet, proxy, ...
+            raise RuntimeError(
+                "The VGG19 ImageNet weights (torchvision IMAGENET1K_V1, vgg19-dcbb9e9d.pth) could not be "
+                "downloaded (no internet?). HaloAE's offline configuration, configs/haloae_quick.yaml, uses "
+                "the offline backbone instead (efficientnet_lite0 stages [1, 2, 3]); or pass "
+                "data.weights=<path to vgg19-dcbb9e9d.pth>.") from err
+
+    def train(self, mode: bool = True) -> "VGG19Taps":
+        """Stay in eval mode: the backbone is frozen."""
+        return super().train(False)
+
+    @property
+    def channels(self) -> list[int]:
+        return [64, 128, 256, 256]
+
+    @property
+    def out_channels(self) -> int:
+        return sum(self.channels)
+
+    @property
+    def strides(self) -> list[int]:
+        return list(_VGG19_TAP_STRIDES)
+
+    @property
+    def fingerprint(self) -> str:
+        """e.g. 'vgg19-hub-relu11-21-31-34-os4'."""
+        weights = self.weights if self.weights in ("hub", "none") else "file-" + Path(self.weights).stem
+        return f"vgg19-{weights}-relu11-21-31-34-os{self.out_stride}"
+
+    @torch.no_grad()
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) ImageNet-normalised images -> the 4 taps (B, C_k, ~H / s_k, ~W / s_k), s = 1, 2, 4, 4."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"Expected normalised images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        taps, last = [], max(_VGG19_TAPS.values())
+        for i, layer in enumerate(self.features[:last + 1]):
+            if isinstance(layer, nn.Conv2d):
+                x = F.pad(x, (1, 1, 1, 1), mode="reflect")  # ReflectionPad2d(1) before every 3×3 conv
+            x = layer(x)
+            if i in _VGG19_TAPS.values():
+                taps.append(x)
+        return taps
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) ImageNet-normalised images -> (B, 704, H / out_stride, W / out_stride)."""
+        H, W = x.shape[-2:]
+        s, out = self.out_stride, []
+        for tap, stride in zip(self.stage_maps(x), _VGG19_TAP_STRIDES):
+            if H % 4 == 0 and W % 4 == 0 and s % stride == 0:  # = nearest ×stride, then s×s average
+                out.append(F.avg_pool2d(tap, s // stride) if s > stride else tap)
+            else:
+                out.append(F.avg_pool2d(F.interpolate(tap, size=(H, W), mode="nearest"), s))
+        return torch.cat(out, dim=1)  # (B, 704, H / s, W / s)
+
+    def extra_repr(self) -> str:
+        return f"{self.fingerprint}, channels={self.channels}"

@@ -26,7 +26,8 @@ __all__ = ["Session", "setup", "quick_from_env"]
 
 # Full mode: which paper config stands for each quick config's model.
 FULL_CONFIGS = {"uniad": "uniad_mvtec", "omniad": "omniad_mvtec", "mlp": "uniad_mvtec", "cnn": "uniad_mvtec",
-                "transformer": "uniad_mvtec", "digits": "uniad_cifar10"}
+                "transformer": "uniad_mvtec", "digits": "uniad_cifar10", "adtr": "adtr_mvtec",
+                "adtr_plus": "adtr_mvtec", "haloae": "haloae_mvtec"}
 
 
 def quick_from_env(default: bool = True) -> bool:

@@ -39,6 +39,7 @@ class Recipe:
     full: tuple[str, ...] = ()                     # overrides in full mode
     what: str = ""                                 # one line for --list and the notebooks
     notebooks: tuple[str, ...] = field(default=())  # who reads it
+    kind: str = "run"                              # "run": the trainer; "vis_decoder": UniAD's picture decoder
 
 
 SEEDS = "train.seeds=[0,1,2]"
@@ -78,8 +79,23 @@ RECIPES: dict[str, Recipe] = {
                                 "MLP, one model per class (Fig. 4)", ("02_unified_vs_separate",)),
     "omniad_quick": Recipe("omniad", ("train.seeds=[0]",), (), "Omni-AD, quick preset", ("04_omniad",)),
     "semantic_digits": Recipe("digits", ("train.steps=500", "eval.every=100", "train.seeds=[0]"), (),
-                              "UniAD, many-vs-many on digits (Tab. 4)",
+                              "UniAD, many-vs-many on digits (Tab. 3)",
                               ("07_semantic_ad",)),
+    "adtr_quick": Recipe("adtr", ("train.seeds=[0]",), (), "ADTR, normal images only (feature MSE)",
+                         ("09_adtr_haloae", "10_method_zoo")),
+    # ADTR+ continues the cached ADTR with confetti noise and the pixel push-pull loss (ADTR §3.4: +300 epochs)
+    "adtr_plus_quick": Recipe("adtr_plus", (), ("data.synthetic=confetti", "model.args={loss: pushpull_pixel}",
+                                                "train.epochs=300", "train.init=results/adtr_quick-full"),
+                              "ADTR+, continues adtr_quick with confetti anomalies (push-pull, Eq. 6-7)",
+                              ("09_adtr_haloae", "10_method_zoo")),
+    "haloae_quick": Recipe("haloae", (), (), "HaloAE, one model per class", ("09_adtr_haloae", "10_method_zoo")),
+    # UniAD App. B.3's picture decoder for the quick features: train images + adnotes-mini's own defect types
+    # (the paper's decoder sees normal and defective images), images at 112² to keep it a CPU job.
+    "vis_decoder": Recipe("uniad", ("data.keep_images=112", "data.synthetic=mini_defects", "train.steps=1500",
+                                    "train.batch_size=8", "train.seeds=[0]"),
+                          ("data.keep_images=224", "data.synthetic=mini_defects", "train.batch_size=32"),
+                          "UniAD's visualisation decoder (App. B.3), for Fig. 2b as pictures",
+                          ("01_identity_shortcut",), kind="vis_decoder"),
     _DEFAULT_ROW: Recipe("uniad", _ABLATION, (), "UniAD quick, the default row of every ablation table",
                          ("05_ablations",)),
     **{f"ablation_{table}_{label}": Recipe("uniad", (*_ABLATION, *overrides), overrides,
@@ -129,7 +145,7 @@ def verify(name: str | None = None) -> list[str]:
     if folder.is_dir():
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(root).as_posix()
-            if path.is_file() and rel != "MANIFEST.json" and rel not in listed:
+            if path.is_file() and rel != "MANIFEST.json" and not path.name.startswith(".") and rel not in listed:
                 problems.append(f"{rel}: not in MANIFEST.json")
     return problems
 
@@ -161,9 +177,17 @@ def cached(name: str, quick: bool = True) -> Path | None:
     return folder
 
 
+def _train(name: str, session) -> Path:
+    """Train (or load from runs/) the recipe ``name`` in the session's mode."""
+    from .models.vis_decoder import train_or_load_vis_decoder
+    from .train import train_or_load
+
+    trainer = train_or_load_vis_decoder if _recipe(name).kind == "vis_decoder" else train_or_load
+    return trainer(_config(name, session), name)
+
+
 def load_or_train(name: str, session) -> Path:
     """A run folder for recipe ``name``: the cached result when there is one, else trained now."""
-    from .train import train_or_load
 
     if folder := cached(name, session.quick):
         made = manifest()["recipes"].get(_key(name, session.quick), {})
@@ -172,7 +196,7 @@ def load_or_train(name: str, session) -> Path:
         return folder
     print(f"no cached result for {name!r} in {session.mode} mode: training it now "
           f"(`python -m adnotes results --only {name}{'' if session.quick else ' --full'}` caches it)")
-    return train_or_load(_config(name, session), name)
+    return _train(name, session)
 
 
 def _slim_copy(run: Path, dest: Path) -> None:
@@ -190,7 +214,10 @@ def _slim_copy(run: Path, dest: Path) -> None:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         first_seed = rel.parts[0] == first
-        if path.name == "checkpoint.pt" and first_seed:  # float16: half the size, same maps to ~1e-3
+        if path.name == "weights.pt" and path.parent == run:  # the picture decoder (no seeds)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
+        elif path.name == "checkpoint.pt" and first_seed:  # float16: half the size, same maps to ~1e-3
             state = torch.load(path, map_location="cpu", weights_only=True)["model"]
             torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
                        target.with_name("weights.pt"))
@@ -232,12 +259,11 @@ def _write_manifest(key: str, entry: dict) -> None:
 def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Path]:
     """Train (or load from runs/) each recipe and copy it into the cache; rewrites the manifest."""
     from .notebook import setup
-    from .train import train_or_load
 
     session = setup(quick)
     out = []
     for name in names or list(RECIPES):
-        run = train_or_load(_config(name, session), name)
+        run = _train(name, session)
         dest = results_dir() / _key(name, quick)
         with _locked():  # several `results` processes may share the cache
             _slim_copy(run, dest)

@@ -97,6 +97,8 @@ class TrainSection:
     decay_at: float = 0.8        # ×decay of the learning rate at this fraction of the run
     decay: float = 0.1
     seeds: list[int] = field(default_factory=lambda: [0])
+    init: str | None = None      # start from these weights: a run folder (its first seed's final weights) or a
+                                 # .pt file; relative paths also from the repository root (ADTR+ continues ADTR)
     device: str = "auto"         # auto | cpu | cuda
     amp: bool = True             # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True         # torch.compile the model on CUDA (ignored on CPU)
@@ -195,7 +197,7 @@ def build_model(cfg: Config, features: FeatureSet) -> nn.Module:
     args = dict(cfg.model.args)
     if features.multiscale:  # Omni-AD: channels and strides of each teacher map
         args.setdefault("in_strides", tuple(cfg.data.image_size // f.shape[-1] for f in features.features))
-    elif cfg.model.name in ("uniad", "transformer", "mlp"):
+    elif cfg.model.name in ("uniad", "transformer", "mlp", "adtr"):
         args.setdefault("feature_size", features.grid)
     return create(cfg.model.name, preset=cfg.model.preset, in_channels=features.channels, **args)
 
@@ -266,6 +268,27 @@ def _log_curves(model: nn.Module, test: FeatureSet, ev: EvalSection, step: int, 
     return table
 
 
+def _init_weights(spec: str, device: torch.device, cls: str | None = None) -> dict:
+    """The state dict ``train.init`` names: a weights/checkpoint file, or a run (or cached result) folder
+    (of a separate-mode run: the model of class ``cls``)."""
+    from .paths import configs_dir
+
+    path = Path(spec)
+    if not path.exists() and not path.is_absolute():
+        path = configs_dir().parent / spec  # e.g. results/adtr_quick, from any working directory
+    if path.is_dir():
+        seed = yaml.safe_load((path / "config.yaml").read_text())["train"]["seeds"][0]
+        folder = path / f"seed{seed}"
+        folder = folder / cls if cls and (folder / cls).is_dir() else folder
+        path = next((p for p in (folder / "weights.pt", folder / "checkpoint.pt") if p.is_file()), folder / "weights.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init={spec!r}: no weights at {path}; give a run folder, a cached result "
+                                "(e.g. results/adtr_quick) or a .pt file")
+    state = torch.load(path, map_location=device, weights_only=True)
+    state = state["model"] if "model" in state and isinstance(state["model"], dict) else state
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def _world() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless running under torch.distributed."""
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -294,6 +317,8 @@ def fit(cfg: Config, train_set: FeatureSet, test: FeatureSet, folder: Path, seed
     steps = t.epochs * max(1, n // t.batch_size) if t.epochs else t.steps
     torch.manual_seed(seed)  # the same initial weights on every rank
     model = build_model(cfg, train_set).to(device)
+    if t.init and not (resume and (folder / "checkpoint.pt").is_file()):
+        model.load_state_dict(_init_weights(t.init, device, None if folder.name.startswith("seed") else folder.name))
     optimizer = _optimizer(model, t)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(t.decay_at * steps)), gamma=t.decay)
     loss_kind = _kinds(model)[0]
@@ -498,9 +523,12 @@ def load_model(run: str | Path, *, seed: int | None = None, cls: str | None = No
     else:
         path = next((p for p in (folder / "weights.pt", folder / "checkpoint.pt") if p.is_file()), folder / "weights.pt")
     model_for = lambda: build_model(cfg, features if features is not None else load_features(cfg)[1])  # noqa: E731
-    if step == 0 and not path.is_file():  # the untrained model: fit()'s seeded initialisation
+    if step == 0 and not path.is_file():  # the untrained model: fit()'s seeded initialisation (or train.init)
         torch.manual_seed(cfg.train.seeds[0] if seed is None else seed)
-        return model_for().to(device).eval()
+        model = model_for().to(device)
+        if cfg.train.init:
+            model.load_state_dict(_init_weights(cfg.train.init, torch.device(device), cls))
+        return model.eval()
     if not path.is_file():
         kept = sorted(int(p.stem[12:]) for p in folder.glob("weights_step*.pt"))
         raise FileNotFoundError(f"no weights at {path}" + (f"; kept steps: {kept}" if kept else ""))

@@ -115,3 +115,20 @@ def test_normalize_subtracts_the_train_sets_mean_normal_map():
         reference = raw(train_set)[3:].mean(0)
         expected = (raw(test) - reference).abs()
     assert torch.allclose(anomaly_maps(model, test, reference=train_set), expected, atol=1e-5)
+
+
+def test_train_init_starts_from_another_runs_final_weights(tmp_path):
+    from adnotes.train import load_model
+
+    features = tiny_features()
+    first = train(tiny_config(steps=4), "first", runs=tmp_path, features=features)
+    cfg = tiny_config(steps=2, init=str(first))
+    cfg.eval.keep_steps = [0]
+    second = train(cfg, "second", runs=tmp_path, features=features)
+    final = torch.load(first / "seed0" / "checkpoint.pt", weights_only=True)["model"]
+    start = torch.load(second / "seed0" / "weights_step0.pt", weights_only=True)
+    assert final.keys() == start.keys() and all(torch.equal(final[k], start[k]) for k in final)
+    rebuilt = load_model(second, step=0, features=features[1]).state_dict()
+    assert all(torch.equal(final[k], rebuilt[k]) for k in final)
+    with pytest.raises(FileNotFoundError, match="train.init"):
+        train(tiny_config(init=str(tmp_path / "nothing")), "third", runs=tmp_path, features=features)

@@ -1,9 +1,11 @@
 """Datasets of the multi-class (unified) anomaly-detection protocol.
 
-Industrial AD (MVTec-AD, VisA, adnotes-mini): one training set made of the normal images of
-*all* classes, and a test set per class with normal and defective images and pixel masks
-(UniAD §4.1, "unified" setting). Semantic AD (CIFAR-10, digits): a set of classes is normal and
-the rest anomalous (UniAD Tab. 4, many-vs-many); there are no pixel masks.
+Industrial AD (MVTec-AD, VisA, Real-IAD, adnotes-mini): one training set made of the normal images
+of *all* classes, and a test set per class with normal and defective images and pixel masks
+(UniAD §4.1, "unified" setting). Real-IAD (:mod:`adnotes.data.realiad`) is multi-view: every
+object is 5 images, one per camera, and also scored per object. Semantic AD (CIFAR-10, digits):
+a set of classes is normal and the rest anomalous (UniAD Tab. 3, many-vs-many); there are no
+pixel masks.
 
 Every source is read into a list of :class:`Record` and served by :class:`ADDataset`, whose items
 are the papers' transforms: resize to ``image_size`` (bilinear), ImageNet normalisation; masks
@@ -144,7 +146,7 @@ def visa_records(root: str | Path, split: str, classes: Sequence[str] | None = N
 # --------------------------------------------------------------------------- semantic AD
 
 def cifar10_records(root: str | Path, split: str, normal: Sequence[int]) -> list[Record]:
-    """CIFAR-10 many-vs-many (UniAD Tab. 4): ``normal`` classes are normal, the others anomalous.
+    """CIFAR-10 many-vs-many (UniAD Tab. 3): ``normal`` classes are normal, the others anomalous.
 
     Reads the standard python pickle batches (``data_batch_1..5``, ``test_batch``) from ``root``
     (the ``cifar-10-batches-py`` folder). Train: the normal classes' training images. Test: every
@@ -287,20 +289,21 @@ def _open(path: Path) -> Image.Image:
 
 # --------------------------------------------------------------------------- by name
 
-DATASETS = ("mini", "mvtec", "visa", "cifar10", "digits")
+DATASETS = ("mini", "mvtec", "visa", "realiad", "cifar10", "digits")
 
 
 def load_dataset(name: str, split: str, *, root: str | Path | None = None,
                  classes: Sequence[str] | None = None, normal: Sequence[int] = (0, 1, 2, 3, 4),
                  image_size: int = 224) -> ADDataset:
     """A dataset by name: ``mini`` (offline default, made on first use), ``mvtec``, ``visa``,
-    ``cifar10`` or ``digits``. ``root`` defaults to ``adnotes.paths.data_dir() / <folder>``;
-    ``normal`` are the normal classes of the semantic sets (UniAD Tab. 4 uses {0..4}, {5..9},
-    {0,2,4,6,8}, {1,3,5,7,9})."""
+    ``realiad`` (multi-view protocol ``realiad_jsons``, folder ``Real-IAD``; other protocols:
+    :func:`adnotes.data.realiad.realiad_records`), ``cifar10`` or ``digits``. ``root`` defaults to
+    ``adnotes.paths.data_dir() / <folder>``; ``normal`` are the normal classes of the semantic sets
+    (UniAD Tab. 3 uses {0..4}, {5..9}, {0,2,4,6,8}, {1,3,5,7,9})."""
     from ..paths import data_dir
 
     folders = {"mini": "adnotes-mini", "mvtec": "mvtec_anomaly_detection", "visa": "visa_pytorch",
-               "cifar10": "cifar-10-batches-py"}
+               "realiad": "Real-IAD", "cifar10": "cifar-10-batches-py"}
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root) if root is not None else data_dir() / folders.get(name, "")
@@ -314,6 +317,10 @@ def load_dataset(name: str, split: str, *, root: str | Path | None = None,
         records = mvtec_records(root, split, classes)
     elif name == "visa":
         records = visa_records(root, split, classes)
+    elif name == "realiad":
+        from .realiad import realiad_records
+
+        records = realiad_records(root, split, classes)
     elif name == "cifar10":
         records = cifar10_records(root, split, normal)
     else:

@@ -60,10 +60,18 @@ def _generator(name: str) -> Generator:
 
 @register_synthetic("mini_defects")
 def mini_defects(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One of adnotes-mini's defect types (foreign patch, scratch, hole, stain, deformation), at random."""
+    """One of adnotes-mini's defect types (foreign patch, scratch, hole, stain, deformation), at random;
+    another type when that one cannot be made visible here (a deformation of a flat region). The
+    foreign patch's donor surface is the image itself, turned upside down and inverted."""
     from .mini import DEFECT_TYPES, apply_defect
 
-    return apply_defect(image, DEFECT_TYPES[int(rng.integers(len(DEFECT_TYPES)))], rng)
+    donor = np.ascontiguousarray(255 - image[::-1, ::-1])
+    for kind in rng.permutation(DEFECT_TYPES):
+        try:
+            return apply_defect(image, str(kind), rng, donor)
+        except RuntimeError:
+            continue
+    raise RuntimeError(f"no visible defect of any type fits this {image.shape} image: is it flat?")
 
 
 def synthetic_records(dataset: ADDataset, kinds: str | Sequence[str], copies: int = 1,

@@ -454,3 +454,8 @@ def multiscale_cosine_map(teacher: Sequence[torch.Tensor], student: Sequence[tor
     size = (size, size) if isinstance(size, int) else tuple(size)
     amap = anomaly_map(list(teacher), list(student), "cos", size=size)
     return gaussian_smooth(amap, sigma) if sigma else amap
+
+
+# Reported numbers, for the method zoo: none. The Omni-AD paper's tables were not available to us
+# (method-specs §1.8: only its abstract), and we do not transcribe third-party summaries.
+PUBLISHED: list[dict] = []
