@@ -173,17 +173,22 @@ def make_backbone(d: DataSection) -> nn.Module:
     return Backbone(d.backbone, stages=tuple(d.stages), weights=d.weights, out_stride=d.out_stride)
 
 
-def load_features(cfg: Config, device: str = "cpu") -> tuple[FeatureSet, FeatureSet]:
-    """Cached backbone features of the train split (with its generated anomalies, ``data.synthetic``)
-    and the test split the config names."""
+def load_features(cfg: Config, device: str = "cpu", splits: tuple[str, ...] = ("train", "test")
+                  ) -> tuple[FeatureSet, ...]:
+    """Cached backbone features of the splits the config names, in the order asked: the train split
+    comes with its generated anomalies (``data.synthetic``)."""
     from .data.synthetic import with_synthetic
 
     d = cfg.data
     backbone = make_backbone(d)
     split = dict(root=d.root, classes=d.classes, normal=d.normal, image_size=d.image_size)
-    train = with_synthetic(load_dataset(d.dataset, "train", **split), d.synthetic, d.synthetic_copies)
-    return tuple(cached_features(backbone, dataset, multiscale=d.multiscale, keep_images=d.keep_images, device=device)
-                 for dataset in (train, load_dataset(d.dataset, "test", **split)))
+
+    def dataset(name: str):
+        data = load_dataset(d.dataset, name, **split)
+        return with_synthetic(data, d.synthetic, d.synthetic_copies) if name == "train" else data
+
+    return tuple(cached_features(backbone, dataset(name), multiscale=d.multiscale, keep_images=d.keep_images,
+                                 device=device) for name in splits)
 
 
 # ----------------------------------------------------------------------------- one model
@@ -522,7 +527,8 @@ def load_model(run: str | Path, *, seed: int | None = None, cls: str | None = No
         path = folder / f"weights_step{step}.pt"
     else:
         path = next((p for p in (folder / "weights.pt", folder / "checkpoint.pt") if p.is_file()), folder / "weights.pt")
-    model_for = lambda: build_model(cfg, features if features is not None else load_features(cfg)[1])  # noqa: E731
+    def model_for() -> nn.Module:
+        return build_model(cfg, features if features is not None else load_features(cfg, splits=("test",))[0])
     if step == 0 and not path.is_file():  # the untrained model: fit()'s seeded initialisation (or train.init)
         torch.manual_seed(cfg.train.seeds[0] if seed is None else seed)
         model = model_for().to(device)

@@ -63,7 +63,7 @@ def _run_cost(run: Path, device: str) -> dict:
     from .train import Config, load_features, load_model
 
     cfg = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    _, test = load_features(cfg)
+    test, = load_features(cfg, splits=("test",))
     cls = sorted(set(test.classes))[0] if cfg.train.mode == "separate" else None
     model = load_model(run, cls=cls, features=test, device=device)
     cost = model_cost(model, test.take(torch.arange(min(8, len(test))), device))

@@ -127,13 +127,16 @@ def test_evaluate_run_reproduces_the_final_metrics(tmp_path):
 def test_every_shipped_config_loads_and_builds_its_model(path):
     cfg = Config.load(path)
     channels = {"efficientnet_b4": [24, 32, 56, 160, 448], "efficientnet_lite0": [16, 24, 40, 112, 320],
-                "resnet34": [64, 64, 128, 256, 512]}
+                "resnet34": [64, 64, 128, 256, 512], "vgg19": [64, 128, 256, 256]}  # VGG19: HaloAE's four taps
     stage_channels = [channels[cfg.data.backbone][s - 1] for s in cfg.data.stages]
+    if cfg.data.backbone == "vgg19":
+        stage_channels = channels["vgg19"]
     size = cfg.data.image_size
     if cfg.data.multiscale:  # one map per stage at stride 2**stage
         x = [torch.randn(1, c, size // 2**s, size // 2**s) for c, s in zip(stage_channels, cfg.data.stages)]
     else:
-        x = torch.randn(1, sum(stage_channels), size // 16, size // 16)
+        stride = 4 if cfg.data.backbone == "vgg19" else cfg.data.out_stride
+        x = torch.randn(1, sum(stage_channels), size // stride, size // stride)
     masks = torch.zeros(1, size, size, dtype=torch.bool)
     model = trainer.build_model(cfg, FeatureSet(x, torch.zeros(1, dtype=torch.long), ["a"], masks))
     out = model.eval()(x)

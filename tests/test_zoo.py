@@ -37,7 +37,8 @@ def test_zoo_table_reads_each_runs_final_metrics(tmp_path, monkeypatch):
     run = train(tiny_config(steps=4), "tiny", runs=tmp_path, features=features)
     monkeypatch.setattr(zoo, "ZOO", {"tiny": ("tiny_recipe", "uniad")})
     monkeypatch.setattr("adnotes.results.load_or_train", lambda name, session: run)
-    monkeypatch.setattr("adnotes.train.load_features", lambda cfg, device="cpu": features)
+    monkeypatch.setattr("adnotes.train.load_features", lambda cfg, device="cpu", splits=("train", "test"):
+                        tuple(features[("train", "test").index(s)] for s in splits))
 
     class Session:
         device = "cpu"
