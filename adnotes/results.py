@@ -40,6 +40,7 @@ class Recipe:
     what: str = ""                                 # one line for --list and the notebooks
     notebooks: tuple[str, ...] = field(default=())  # who reads it
     kind: str = "run"                              # "run": the trainer; "vis_decoder": UniAD's picture decoder
+    weights: bool = True                           # cache the first seed's weights (False: tables and curves only)
 
 
 SEEDS = "train.seeds=[0,1,2]"
@@ -87,7 +88,7 @@ RECIPES: dict[str, Recipe] = {
     "adtr_plus_quick": Recipe("adtr_plus", (), ("data.synthetic=confetti", "model.args={loss: pushpull_pixel}",
                                                 "train.epochs=300", "train.init=results/adtr_quick-full"),
                               "ADTR+, continues adtr_quick with confetti anomalies (push-pull, Eq. 6-7)",
-                              ("09_adtr_haloae", "10_method_zoo")),
+                              ("09_adtr_haloae", "10_method_zoo"), weights=False),
     "haloae_quick": Recipe("haloae", (), (), "HaloAE, one model per class", ("09_adtr_haloae", "10_method_zoo")),
     # UniAD App. B.3's picture decoder for the quick features: train images + adnotes-mini's own defect types
     # (the paper's decoder sees normal and defective images), images at 112² to keep it a CPU job.
@@ -96,10 +97,12 @@ RECIPES: dict[str, Recipe] = {
                           ("data.keep_images=224", "data.synthetic=mini_defects", "train.batch_size=32"),
                           "UniAD's visualisation decoder (App. B.3), for Fig. 2b as pictures",
                           ("01_identity_shortcut",), kind="vis_decoder"),
+    # Notebook 05 reads the ablations' tables and curves only: their weights stay in runs/.
     _DEFAULT_ROW: Recipe("uniad", _ABLATION, (), "UniAD quick, the default row of every ablation table",
-                         ("05_ablations",)),
+                         ("05_ablations",), weights=False),
     **{f"ablation_{table}_{label}": Recipe("uniad", (*_ABLATION, *overrides), overrides,
-                                           f"UniAD quick, Tab. {table.split('_')[0]}: {label}", ("05_ablations",))
+                                           f"UniAD quick, Tab. {table.split('_')[0]}: {label}", ("05_ablations",),
+                                           weights=False)
        for table, rows in ABLATIONS.items() for label, overrides in rows.items() if overrides},
 }
 
@@ -199,9 +202,10 @@ def load_or_train(name: str, session) -> Path:
     return _train(name, session)
 
 
-def _slim_copy(run: Path, dest: Path) -> None:
+def _slim_copy(run: Path, dest: Path, weights: bool = True) -> None:
     """Config, environment, curves and metrics of every seed; the first seed's weights in float16 (no
-    optimizer state). Other seeds' weights stay in runs/: the cache holds what the notebooks read."""
+    optimizer state; none with ``weights=False``). Other seeds' weights stay in runs/: the cache holds
+    what the notebooks read."""
     import yaml
 
     first = f"seed{yaml.safe_load((run / 'config.yaml').read_text())['train']['seeds'][0]}"
@@ -213,8 +217,8 @@ def _slim_copy(run: Path, dest: Path) -> None:
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        first_seed = rel.parts[0] == first
-        if path.name == "weights.pt" and path.parent == run:  # the picture decoder (no seeds)
+        first_seed = rel.parts[0] == first and weights
+        if path.name == "weights.pt" and path.parent == run and weights:  # the picture decoder (no seeds)
             state = torch.load(path, map_location="cpu", weights_only=True)
             torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
         elif path.name == "checkpoint.pt" and first_seed:  # float16: half the size, same maps to ~1e-3
@@ -266,7 +270,7 @@ def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Pa
         run = _train(name, session)
         dest = results_dir() / _key(name, quick)
         with _locked():  # several `results` processes may share the cache
-            _slim_copy(run, dest)
+            _slim_copy(run, dest, _recipe(name).weights)
             _write_manifest(_key(name, quick), {
                 "command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",
                 "made": time.strftime("%Y-%m-%d"), "run": run.name,

@@ -60,12 +60,13 @@ def model_cost(model: torch.nn.Module, x: torch.Tensor | list[torch.Tensor], *, 
 
 
 def _run_cost(run: Path, device: str) -> dict:
-    from .train import Config, load_features, load_model
+    """The cost of a run's model: built from its config (cost does not depend on the weights)."""
+    from .train import Config, build_model, load_features
 
     cfg = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     test, = load_features(cfg, splits=("test",))
     cls = sorted(set(test.classes))[0] if cfg.train.mode == "separate" else None
-    model = load_model(run, cls=cls, features=test, device=device)
+    model = build_model(cfg, test).to(device)
     cost = model_cost(model, test.take(torch.arange(min(8, len(test))), device))
     steps = cfg.train.epochs or cfg.train.steps
     per = "epochs" if cfg.train.epochs else "steps"
