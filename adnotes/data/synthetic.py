@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .datasets import ADDataset, Record
 
-__all__ = ["SYNTHETIC", "register_synthetic", "synthetic_records", "with_synthetic"]
+__all__ = ["SYNTHETIC", "register_synthetic", "generator", "synthetic_records", "with_synthetic"]
 
 Generator = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, "np.ndarray | None"]]
 SYNTHETIC: dict[str, Generator] = {}
@@ -46,7 +46,8 @@ def register_synthetic(name: str):
     return add
 
 
-def _generator(name: str) -> Generator:
+def generator(name: str) -> Generator:
+    """The generator registered as ``name`` (its module imported first); a clear error lists the others."""
     for module in _MODULES:
         try:
             importlib.import_module(f"{__package__}.{module}")
@@ -83,7 +84,7 @@ def synthetic_records(dataset: ADDataset, kinds: str | Sequence[str], copies: in
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     if copies < 1:
         raise ValueError(f"synthetic_copies={copies}: give at least 1 view per image and generator")
-    generators = [_generator(k) for k in kinds]
+    generators = [generator(k) for k in kinds]
     size = (dataset.image_size, dataset.image_size)
     out = []
     for i in tqdm(range(len(dataset)), desc=f"synthetic {'+'.join(kinds)}", unit="image"):
