@@ -98,7 +98,7 @@ def published_table(methods: list[str] | None = None) -> pd.DataFrame:
     rows = []
     modules = dict.fromkeys(ZOO[m][1] for m in (methods or ZOO))
     for module in modules:
-        for row in getattr(importlib.import_module(f"adnotes.models.{module}"), "PUBLISHED", []):
-            rows.append(row)
+        rows += [row for row in getattr(importlib.import_module(f"adnotes.models.{module}"), "PUBLISHED", [])
+                 if methods is None or row["method"] in methods]
     columns = ["method", "dataset", "setting", *[m for m in METRIC_NAMES if any(m in r for r in rows)], "source"]
     return pd.DataFrame(rows).reindex(columns=columns)

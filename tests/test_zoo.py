@@ -25,6 +25,7 @@ def test_published_numbers_carry_their_source():
     assert table["source"].notna().all() and set(table["method"]) <= set(zoo.ZOO)
     uniad = table[(table.method == "UniAD") & table.setting.str.startswith("unified, 1000")]
     assert uniad[["image_AUROC", "pixel_AUROC"]].values.tolist() == [[96.5, 96.8]]  # UniAD Tab. 1 / 2
+    assert set(zoo.published_table(["MLP", "HaloAE"]).method) == {"HaloAE"}  # not the transformer of the MLP's file
 
 
 def test_unknown_method_is_named():
