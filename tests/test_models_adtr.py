@@ -315,8 +315,8 @@ def test_trains_end_to_end_with_pixel_masks_through_the_trainer(tmp_path, monkey
 # ----------------------------------------------------------------------------- confetti noise
 def test_confetti_is_registered_and_keeps_pixels_outside_the_mask():
     from adnotes.data.confetti import MIN_CHANGE, confetti
-    from adnotes.data.synthetic import _generator
-    assert _generator("confetti") is confetti
+    from adnotes.data.synthetic import generator
+    assert generator("confetti") is confetti
     rng = np.random.default_rng(0)
     for seed in range(6):
         image = rng.integers(30, 226, (64, 64, 3), dtype=np.uint8)
