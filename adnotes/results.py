@@ -94,7 +94,8 @@ RECIPES: dict[str, Recipe] = {
     # (the paper's decoder sees normal and defective images), images at 112² to keep it a CPU job.
     "vis_decoder": Recipe("uniad", ("data.keep_images=112", "data.synthetic=mini_defects", "train.steps=1500",
                                     "train.batch_size=8", "train.seeds=[0]"),
-                          ("data.keep_images=224", "data.synthetic=mini_defects", "train.batch_size=32"),
+                          ("data.keep_images=224", "data.synthetic=mini_defects", "train.batch_size=32",
+                           "train.mode=separate"),
                           "UniAD's visualisation decoder (App. B.3), for Fig. 2b as pictures",
                           ("01_identity_shortcut",), kind="vis_decoder"),
     # Notebook 05 reads the ablations' tables and curves only: their weights stay in runs/.
@@ -218,7 +219,7 @@ def _slim_copy(run: Path, dest: Path, weights: bool = True) -> None:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         first_seed = rel.parts[0] == first and weights
-        if path.name == "weights.pt" and path.parent == run and weights:  # the picture decoder (no seeds)
+        if path.name == "weights.pt" and not rel.parts[0].startswith("seed") and weights:  # picture decoders
             state = torch.load(path, map_location="cpu", weights_only=True)
             torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
         elif path.name == "checkpoint.pt" and first_seed:  # float16: half the size, same maps to ~1e-3

@@ -99,3 +99,22 @@ def test_render_undoes_the_imagenet_normalisation():
     assert pictures.shape == (3, 8, 8, 3) and pictures.dtype == np.uint8
     assert np.abs(pictures.astype(int) - expected).max() <= 1
     assert decoder.training  # render() puts the decoder back in the mode it found it in
+
+
+def test_train_or_load_trains_one_decoder_per_class_in_separate_mode(tmp_path, monkeypatch, one_thread):
+    from adnotes.features import FeatureSet
+    from adnotes.models.vis_decoder import load_vis_decoder, train_or_load_vis_decoder
+    from adnotes.train import Config
+
+    g = torch.Generator().manual_seed(0)
+    fs = FeatureSet(torch.randn(6, 8, 4, 4, generator=g).half(), torch.zeros(6, dtype=torch.long),
+                    ["a", "a", "a", "b", "b", "b"], None, {"images": torch.randn(6, 3, 16, 16, generator=g).half()})
+    monkeypatch.setattr("adnotes.train.load_features", lambda cfg, device="cpu", splits=("train", "test"): (fs,))
+    cfg = Config.load(None, ["data.keep_images=16", "train.steps=2", "train.batch_size=2", "train.mode=separate",
+                             "train.device=cpu", "model.preset=quick"])
+    folder = train_or_load_vis_decoder(cfg, "vis", runs=tmp_path)
+    assert sorted(p.parent.name for p in folder.glob("*/weights.pt")) == ["a", "b"]
+    assert load_vis_decoder(folder, cls="b")(fs.features[:1].float()).shape == (1, 3, 16, 16)
+    with pytest.raises(FileNotFoundError, match="one decoder per class"):
+        load_vis_decoder(folder)
+    assert train_or_load_vis_decoder(cfg, "vis", runs=tmp_path) == folder  # finished: loaded, not trained again

@@ -224,10 +224,14 @@ def train_vis_decoder(features: Tensor, images: Tensor, *, steps: int = 2000, ba
     return folder
 
 
-def load_vis_decoder(folder: str | Path, device: str | torch.device = "cpu") -> VisDecoder:
-    """The decoder :func:`train_vis_decoder` wrote to ``folder``, in eval mode."""
-    folder = Path(folder)
+def load_vis_decoder(folder: str | Path, device: str | torch.device = "cpu", cls: str | None = None) -> VisDecoder:
+    """The decoder :func:`train_vis_decoder` wrote to ``folder`` (``cls``: the one of that class, when
+    one decoder per class was trained), in eval mode."""
+    folder = Path(folder) / (cls or "")
     if not (folder / "weights.pt").is_file():
+        per_class = sorted(p.parent.name for p in folder.glob("*/weights.pt"))
+        if per_class:
+            raise FileNotFoundError(f"{folder} holds one decoder per class: pass cls= one of {', '.join(per_class)}")
         raise FileNotFoundError(f"no weights.pt in {folder}: train it with train_vis_decoder(..., folder=...)")
     settings = json.loads((folder / "config.json").read_text())
     decoder = VisDecoder(**settings["decoder"])  # the full config, so the preset adds nothing
@@ -262,24 +266,31 @@ def train_or_load_vis_decoder(cfg, prefix: str = "vis_decoder", *, runs: str | P
     it has seen defects as the paper's decoder has) and the images cached beside the features
     (``data.keep_images`` sets their size, hence the decoder's output size). ``train.steps``,
     ``train.batch_size``, ``train.lr``, ``train.seeds[0]`` and ``model.preset`` set the training;
-    the folder is ``runs/<prefix>-<config hash>`` with ``config.yaml`` beside the decoder's files."""
+    ``train.mode: separate`` trains one decoder per class in ``<folder>/<class>/``, as the official
+    code does. The folder is ``runs/<prefix>-<config hash>`` with ``config.yaml`` beside the decoders."""
     import yaml
 
     from ..paths import runs_dir
     from ..train import _environment, load_features, run_name
 
     folder = (Path(runs) if runs is not None else runs_dir()) / run_name(cfg, prefix)
-    if (folder / "weights.pt").is_file():
+    done = folder / "classes.json"  # written last: the decoder (or every per-class one) has finished
+    if done.is_file():
         print(f"found trained decoder {folder}: loading")
         return folder
     if not cfg.data.keep_images:
         raise ValueError("the decoder learns to draw the cached images: set data.keep_images (e.g. 112)")
-    train_set, _ = load_features(cfg)
+    train_set, = load_features(cfg, splits=("train",))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (folder / "environment.json").write_text(json.dumps(_environment(), indent=2))
     t = cfg.train
-    steps = t.epochs * max(1, len(train_set) // t.batch_size) if t.epochs else t.steps
-    return train_vis_decoder(train_set.features, train_set.extras["images"], steps=steps, batch_size=t.batch_size,
-                             lr=t.lr, seed=t.seeds[0], folder=folder, preset=cfg.model.preset,
-                             weight_decay=t.weight_decay, clip_grad=t.clip_grad, decay_at=t.decay_at, device=t.device)
+    classes = sorted(set(train_set.classes)) if t.mode == "separate" else [None]
+    for cls in classes:
+        subset = train_set.select(cls) if cls else train_set
+        steps = t.epochs * max(1, len(subset) // t.batch_size) if t.epochs else t.steps
+        train_vis_decoder(subset.features, subset.extras["images"], steps=steps, batch_size=t.batch_size, lr=t.lr,
+                          seed=t.seeds[0], folder=folder / (cls or ""), preset=cfg.model.preset,
+                          weight_decay=t.weight_decay, clip_grad=t.clip_grad, decay_at=t.decay_at, device=t.device)
+    done.write_text(json.dumps([c for c in classes if c]))
+    return folder
