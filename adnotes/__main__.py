@@ -1,4 +1,4 @@
-"""Command line: ``python -m adnotes demo | train | eval RUN | results | figures | zoo | data get NAME | data mini``."""
+"""Command line: ``python -m adnotes demo | train | eval RUN | results | figures | zoo | copying | data get NAME | data mini``."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--full", action="store_true", help="full mode (the papers' settings; GPU)")
     zoo.add_argument("--per-class", action="store_true", help="also print the per-class table")
 
+    copy = commands.add_parser("copying", help="the copy gain of the cached shortcut models at their kept steps")
+    copy.add_argument("--full", action="store_true", help="the full-mode results (else quick)")
+
     data = commands.add_parser("data", help="make or download datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     get = data_commands.add_parser("get", help="download, verify (sha256) and extract a dataset")
@@ -77,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                 with pd_options():
                     print(side_by_side({"kNN": knn, "UniAD-quick": uniad}).to_string())
         elif args.command == "train":
+            from .paths import runs_dir
             from .train import Config, train
 
             name = args.name or (args.config.stem if args.config else None)
             if not name:
                 raise ValueError("give --name (or a --config, whose file name becomes the run name)")
-            cfg = Config.load(args.config, args.set)
+            saved = runs_dir() / name / "config.yaml"  # --resume without --config: the run's own config
+            cfg = Config.load(args.config or (saved if args.resume and saved.is_file() else None), args.set)
             print(f"run folder: {train(cfg, name, resume=args.resume)}")
         elif args.command == "eval":
             from .train import evaluate_run
@@ -118,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(per_class.round(1).to_string(index=False))
                 print("\nPublished (other data, backbones and schedules: context, not a comparison):")
                 print(published_table(args.only).to_string(index=False))
+        elif args.command == "copying":
+            from . import shortcut
+            from .notebook import setup
+
+            sc = shortcut.load(setup(not args.full, verbose=False))
+            columns = ["copy_gain", "copy_leak", "twin_gain", "image_AUROC"]
+            print("Copy gain of a 2x2 block from another class's image, leak, twin gain on real defects and image "
+                  "AUROC of each shortcut model's first seed, per kept step (notebook 01, adnotes.copying):")
+            with pd_options():
+                print(shortcut.kept_table(sc)[columns].round(3).to_string())
         elif args.data_command == "get":
             from .data.download import get
 

@@ -229,7 +229,7 @@ _VGG19_TAP_STRIDES = (1, 2, 4, 4)
 
 
 class VGG19Taps(nn.Module):
-    """HaloAE's frozen multi-scale VGG19 feature map (method-specs §2.1; after DFR, YoungGod/DFR).
+    """HaloAE's frozen multi-scale VGG19 feature map (notebooks/SOURCES.md §5.1; after DFR, YoungGod/DFR).
 
     torchvision VGG19 (no BN) up to relu3_4, every 3×3 conv with padding 0 after a
     ReflectionPad2d(1) (the code rebuilds the convs this way). The taps relu1_1 (64 ch, stride 1),

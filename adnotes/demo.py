@@ -28,7 +28,7 @@ from .backbone import Backbone
 from .data import load_dataset
 from .evaluation import evaluate_maps, full_size_maps
 from .features import FeatureSet, cached_features
-from .paths import configs_dir, runs_dir
+from .paths import configs_dir
 
 __all__ = ["DemoConfig", "memory_bank", "nearest_neighbour_maps", "run_demo", "train_uniad_quick", "side_by_side"]
 
@@ -39,7 +39,7 @@ class DemoConfig:
     root: str | None = None                  # dataset folder; default adnotes.paths.data_dir()/<name>
     backbone: str = "efficientnet_lite0"     # the paper's: efficientnet_b4 (weights="hub")
     weights: str = "offline"
-    stages: tuple[int, ...] = (1, 2, 3, 4)   # UniAD §4.1: stages 1-4, resized to stride 16
+    stages: tuple[int, ...] = (1, 2, 3, 4)   # UniAD §3.3, §4.2: stages 1-4, resized to stride 16
     image_size: int = 224
     bank_size: int = 20_000                  # tokens kept in the memory bank
     pool: int = 16                           # image score: max of the pool×pool average-pooled map
@@ -91,9 +91,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), device: str = "cpu") -> pd.DataFram
 
     plots.set_style()
     fig, shown = _figure(test_set, test, maps, cfg)
+    # No timing in the record: the same data and code write the same files, so the demo leaves figures/ unchanged.
     path = plots.save_figure(fig, "demo_anomaly_maps", config=asdict(cfg) | {"device": device},
-                             data={"metrics": table.to_dict(orient="index"), "shown": shown,
-                                   "seconds": round(seconds, 1)})
+                             data={"metrics": table.to_dict(orient="index"), "shown": shown})
     print(f"figure: {path}")
     return table
 
@@ -122,11 +122,11 @@ def train_uniad_quick(cfg: DemoConfig = DemoConfig(), steps: int | None = None, 
     """UniAD in quick mode on the demo's data: trained once into runs/, then loaded. Returns its table."""
     from .train import Config, final_metrics, train_or_load
 
-    overrides = [f"data.dataset={cfg.dataset}", f"data.backbone={cfg.backbone}", f"data.weights={cfg.weights}",
-                 f"data.stages={list(cfg.stages)}", f"data.image_size={cfg.image_size}", f"train.seeds=[{cfg.seed}]",
-                 f"train.device={device}"]
-    overrides += [f"data.root={cfg.root}"] if cfg.root else []
-    overrides += [f"train.steps={steps}"] if steps else []
+    overrides = {"data.dataset": cfg.dataset, "data.backbone": cfg.backbone, "data.weights": cfg.weights,
+                 "data.stages": list(cfg.stages), "data.image_size": cfg.image_size, "train.seeds": [cfg.seed],
+                 "train.device": device}  # values, not text to parse: a root may hold '#' or ': '
+    overrides |= {"data.root": str(cfg.root)} if cfg.root else {}
+    overrides |= {"train.steps": steps} if steps else {}
     config = Config.load(configs_dir() / "uniad_quick.yaml", overrides)
     print(f"\nUniAD in quick mode: {config.train.steps} steps of a shrunk model (2+2 layers, width 128), "
           "not the paper's size")

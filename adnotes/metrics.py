@@ -1,7 +1,7 @@
 """Evaluation metrics and anomaly-map helpers for multi-class anomaly detection.
 
 Metric names follow anomalib; the set is the one multi-class benchmarks such as ADer report
-(`shared/papers/method-specs.md` §3.1), each computed per class and then averaged over classes:
+(ADer's definitions: notebooks/SOURCES.md §3.1), each computed per class and then averaged over classes:
 
     image_AUROC  image_AP  image_F1max  pixel_AUROC  pixel_AP  pixel_F1max  pixel_AUPRO
     mAD = mean of those seven
@@ -235,9 +235,12 @@ def image_score(maps: torch.Tensor, pool: int | None = 16,
                 reduce: Literal["max", "mean"] = "max") -> torch.Tensor:
     """(B, H, W) -> (B,) image-level anomaly score.
 
-    "max": max of the map after a pool x pool average pooling with stride 1 (UniAD's MVTec rule,
-    16 x 16 on 224 x 224 maps); pool=1 or None is the plain max (MambaAD / Omni-AD / ADer default).
-    "mean": mean of the map (UniAD's CIFAR-10 rule); `pool` is ignored.
+    "max": max of the map after a pool x pool average pooling with stride 1 (UniAD's MVTec rule:
+    the paper, §3.3, says "max of the average-pooled map"; the 16 x 16 kernel on 224 x 224 maps is
+    the official code's, notebooks/SOURCES.md §2.6); pool=1 or None is the plain max (MambaAD /
+    Omni-AD / ADer default).
+    "mean": mean of the map (the official code's CIFAR-10 rule, SOURCES.md §2.8; not in the paper);
+    `pool` is ignored.
     """
     if reduce == "mean":
         return maps.mean(dim=(1, 2))

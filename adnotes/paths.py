@@ -8,7 +8,9 @@ Everything lives under one home folder:
 * else ``~/.cache/adnotes``.
 
 Below it: ``data/`` (datasets), ``cache/`` (backbone features), ``runs/`` (training runs) and
-``figures/``. ``data/``, ``cache/`` and ``runs/`` are git-ignored.
+``figures/``. ``data/``, ``cache/`` and ``runs/`` are git-ignored; ``figures/`` of the checkout is
+versioned, so ``$ADNOTES_FIGURES`` (when set) takes the figures elsewhere: the tests set it to a
+temporary folder, and notebook kernels inherit it.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def runs_dir() -> Path:
 
 
 def figures_dir() -> Path:
+    if env := os.environ.get("ADNOTES_FIGURES"):
+        return Path(env).expanduser().resolve()
     return home() / "figures"
 
 

@@ -7,6 +7,7 @@ PDF on request) together with a JSON of the numbers and the config/seed behind i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,7 @@ import seaborn as sns
 import torch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .paths import figures_dir
+from .paths import data_dir, figures_dir, home
 
 __all__ = ["MODEL_COLORS", "METRIC_LABELS", "set_style", "denormalize", "anomaly_map_panels", "training_curves",
            "save_figure"]
@@ -115,8 +116,24 @@ def save_figure(fig: plt.Figure, name: str, *, data: dict | None = None, config:
     if pdf:
         fig.savefig(path.with_suffix(".pdf"))
     with open(path.with_suffix(".json"), "w") as f:
-        json.dump({"figure": path.name, "config": config or {}, "data": data or {}}, f, indent=2, default=_plain)
+        json.dump(_portable({"figure": path.name, "config": config or {}, "data": data or {}}), f, indent=2,
+                  default=_plain)
     return path
+
+
+def _portable(value):
+    """Absolute paths under the data folder, the home folder or the checkout become relative to it
+    (``adnotes-mini/brick/test/hole/000.png``, ``results/shortcut_mlp``): a figure's JSON does not
+    record the machine that made it."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if isinstance(value, (str, Path)) and os.path.isabs(value):
+        for root in (data_dir(), home(), Path(__file__).resolve().parents[1]):
+            if Path(value).is_relative_to(root):
+                return Path(value).relative_to(root).as_posix()
+    return value
 
 
 def _plain(value):

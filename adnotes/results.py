@@ -19,12 +19,12 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .files import atomic, locked
 from .paths import configs_dir
 
 __all__ = ["RECIPES", "ABLATIONS", "ablation_recipe", "Recipe", "results_dir", "load_or_train", "cached", "regenerate", "verify", "manifest"]
@@ -44,10 +44,26 @@ class Recipe:
 
 
 SEEDS = "train.seeds=[0,1,2]"
-# UniAD Fig. 2a's long curves: 3 seeds; the first seed's weights also at steps 150 and 600 (early vs late).
-_SHORTCUT = ("train.steps=1500", "eval.every=150", SEEDS, "eval.keep_steps=[150,600]")
-# The attention models run ~4× slower on a CPU (~3.4 steps/s): 900 steps keep the cache a one-hour job.
-_SHORTCUT_ATTENTION = ("train.steps=900", "eval.every=150", SEEDS, "eval.keep_steps=[150,600]")
+# UniAD Fig. 2a's long curves, 3 seeds, long enough that AUROC and the copy gain have flattened or turned:
+# on one CPU thread a 12 000-step MLP peaked at step 2 000 and slid after it, a 6 000-step transformer peaked at
+# 1 000, and quick UniAD sat on a plateau for 4 000 steps before one seed climbed (issue notes). The paper's
+# schedule is 1 000 epochs at batch 64, ~57 000 steps on MVTec-AD (§4.2). The first seed's weights are kept
+# at steps 150, 600 and 2 000 (early vs late). CPU cost, one thread per process: MLP ~25 min per seed, CNN
+# ~35, transformer and UniAD ~90.
+_SHORTCUT = ("train.steps=8000", "eval.every=400", SEEDS, "eval.keep_steps=[150,600,2000]")
+_SHORTCUT_ATTENTION = ("train.steps=10000", "eval.every=500", SEEDS, "eval.keep_steps=[150,600,2000]")
+# The mechanism in isolation (notebook 01): minutes per run, tables and curves only. The MLP runs 1 000 steps
+# (~3 min on one thread), the attention models 600 (~5 min): the copy gains of the shortcut runs have
+# separated by then (step 600: MLP 0.81, CNN 0.47, transformer 0.21, UniAD 0.00).
+_MECHANISM = ("train.steps=1000", "eval.every=250", SEEDS)
+_MECHANISM_ATTENTION = ("train.steps=600", "eval.every=200", SEEDS)
+WIDTHS = (32, 64, 128, 192, 384)  # the MLP's hidden width d against C_in = 192 (Lite0 stages 1-4)
+# UniAD's designs added one at a time to the vanilla transformer (quick width): each row adds one switch.
+ANATOMY = {"transformer": ("transformer", ()),
+           "nma": ("transformer", ("model.args={neighbor_mask: [true, true, true]}",)),
+           "queries": ("uniad", ("model.args={jitter_prob: 0.0}",)),
+           "jitter": ("uniad", ())}
+WINDOWS = (1, 3, 5, 9)  # UniAD's neighbour window k×k (7×7 is the anatomy's "jitter" row)
 _ONE_SEED = ("train.steps=600", "eval.every=60", "train.seeds=[0]")
 _ABLATION = ("train.steps=400", "eval.every=100", "train.seeds=[0]")
 
@@ -74,6 +90,23 @@ RECIPES: dict[str, Recipe] = {
     **{f"shortcut_{m}": Recipe(m, _SHORTCUT if m in ("mlp", "cnn") else _SHORTCUT_ATTENTION, (SEEDS,),
                                f"{m}: the long curve of Fig. 2a, 3 seeds", ("01_identity_shortcut", "06_explorer"))
        for m in ("mlp", "cnn", "transformer", "uniad")},
+    **{f"width_mlp_{d}": Recipe("mlp", (*_MECHANISM, f"model.args={{hidden_dim: {d}}}"),
+                                (SEEDS, f"model.args={{hidden_dim: {d}}}"),
+                                f"MLP of hidden width {d}: copy gain against width", ("01_identity_shortcut",),
+                                weights=False) for d in WIDTHS},
+    **{f"anatomy_{row}": Recipe(model, (*_MECHANISM_ATTENTION, *overrides), (SEEDS, *overrides),
+                                f"UniAD's designs one at a time: {row}", ("01_identity_shortcut",), weights=False)
+       for row, (model, overrides) in ANATOMY.items()},
+    # The official code starts every layer from one deep-copied layer (adnotes.models.uniad, clone_init):
+    # UniAD with that start, beside the anatomy's "jitter" row (the same UniAD, independent draws).
+    "anatomy_clone_init": Recipe("uniad", (*_MECHANISM_ATTENTION, "model.args={clone_init: true}"),
+                                 (SEEDS, "model.args={clone_init: true}"),
+                                 "UniAD started from cloned layers, as the official code", ("01_identity_shortcut",),
+                                 weights=False),
+    **{f"anatomy_window_{k}": Recipe("uniad", (*_MECHANISM_ATTENTION, f"model.args={{neighbor_size: {k}}}"),
+                                     (SEEDS, f"model.args={{neighbor_size: {k}}}"),
+                                     f"UniAD with a {k}x{k} neighbour mask: copy gain against the window",
+                                     ("01_identity_shortcut",), weights=False) for k in WINDOWS},
     "fig4_mlp_unified": Recipe("mlp", _ONE_SEED, (), "MLP, one model for all classes (Fig. 4)",
                                ("02_unified_vs_separate",)),
     "fig4_mlp_separate": Recipe("mlp", (*_ONE_SEED, "train.mode=separate"), ("train.mode=separate",),
@@ -84,7 +117,7 @@ RECIPES: dict[str, Recipe] = {
                               ("07_semantic_ad",)),
     "adtr_quick": Recipe("adtr", ("train.seeds=[0]",), (), "ADTR, normal images only (feature MSE)",
                          ("09_adtr_haloae", "10_method_zoo")),
-    # ADTR+ continues the cached ADTR with confetti noise and the pixel push-pull loss (ADTR §3.4: +300 epochs)
+    # ADTR+ continues the cached ADTR with confetti noise and the pixel push-pull loss (+300 epochs: SOURCES.md §4.5)
     "adtr_plus_quick": Recipe("adtr_plus", (), ("data.synthetic=confetti", "model.args={loss: pushpull_pixel}",
                                                 "train.epochs=300", "train.init=results/adtr_quick-full"),
                               "ADTR+, continues adtr_quick with confetti anomalies (push-pull, Eq. 6-7)",
@@ -149,7 +182,8 @@ def verify(name: str | None = None) -> list[str]:
     if folder.is_dir():
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(root).as_posix()
-            if path.is_file() and rel != "MANIFEST.json" and not path.name.startswith(".") and rel not in listed:
+            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)  # .lock, a copy in progress
+            if path.is_file() and rel != "MANIFEST.json" and not hidden and rel not in listed:
                 problems.append(f"{rel}: not in MANIFEST.json")
     return problems
 
@@ -210,13 +244,13 @@ def _slim_copy(run: Path, dest: Path, weights: bool = True) -> None:
     import yaml
 
     first = f"seed{yaml.safe_load((run / 'config.yaml').read_text())['train']['seeds'][0]}"
-    if dest.exists():
-        shutil.rmtree(dest)
+    new, old = (dest.with_name(f".{dest.name}.{what}{os.getpid()}") for what in ("new", "old"))
+    shutil.rmtree(new, ignore_errors=True)
     for path in sorted(run.rglob("*")):
         rel = path.relative_to(run)
         if not path.is_file():
             continue
-        target = dest / rel
+        target = new / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         first_seed = rel.parts[0] == first and weights
         if path.name == "weights.pt" and not rel.parts[0].startswith("seed") and weights:  # picture decoders
@@ -231,34 +265,22 @@ def _slim_copy(run: Path, dest: Path, weights: bool = True) -> None:
             torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
         elif path.suffix in (".yaml", ".json", ".csv"):
             shutil.copy2(path, target)
-
-
-@contextmanager
-def _locked():
-    """An exclusive lock on the cache, so that parallel regenerations never lose a manifest entry."""
-    results_dir().mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows has no flock: run one `results` process at a time there
-        yield
-        return
-    with open(results_dir() / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    if dest.exists():  # written aside, then swapped in: a killed copy never leaves a half result
+        dest.rename(old)
+    new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_manifest(key: str, entry: dict) -> None:
-    """Hash every file under results/ and record how ``key`` was made (other recipes' entries kept)."""
-    root = results_dir()
-    recipes = manifest()["recipes"] | {key: entry}
-    files = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != "MANIFEST.json" and not p.name.startswith(".")}
-    tmp = root / f"MANIFEST.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True))
-    tmp.replace(root / "MANIFEST.json")
+    """Record how ``key`` was made and the sha256 of its files only: the other results' entries are kept
+    as they were, so a file of theirs that changed without being regenerated stays flagged by verify()."""
+    root, old = results_dir(), manifest()
+    recipes = old["recipes"] | {key: entry}
+    files = {rel: sha for rel, sha in old["files"].items() if not rel.startswith(f"{key}/")}
+    files |= {p.relative_to(root).as_posix(): _sha256(p) for p in sorted((root / key).rglob("*"))
+              if p.is_file() and not p.name.startswith(".")}
+    with atomic(root / "MANIFEST.json") as tmp:
+        tmp.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True))
 
 
 def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Path]:
@@ -270,7 +292,7 @@ def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Pa
     for name in names or list(RECIPES):
         run = _train(name, session)
         dest = results_dir() / _key(name, quick)
-        with _locked():  # several `results` processes may share the cache
+        with locked(results_dir() / ".lock"):  # several `results` processes may share the cache
             _slim_copy(run, dest, _recipe(name).weights)
             _write_manifest(_key(name, quick), {
                 "command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",

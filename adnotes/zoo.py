@@ -51,12 +51,22 @@ def model_cost(model: torch.nn.Module, x: torch.Tensor | list[torch.Tensor], *, 
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:  # its module hooks need autograd
         model(one)
     model(x)  # warm-up
+    _wait_for_gpu()
     batch, runs, start = (x[0] if isinstance(x, list) else x).shape[0], 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or runs < 2:
+    while True:
         model(x)
         runs += 1
+        _wait_for_gpu()  # CUDA runs asynchronously: the clock must not stop before the GPU does
+        if (elapsed := time.perf_counter() - start) >= seconds and runs >= 2:
+            break
     return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "GFLOPs": counter.get_total_flops() / 1e9, "images_per_s": batch * runs / elapsed}
+
+
+def _wait_for_gpu() -> None:
+    """Wait for the GPU work queued so far (when this process uses CUDA)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _run_cost(run: Path, device: str) -> dict:

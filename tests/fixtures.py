@@ -68,6 +68,7 @@ def tiny_config(**train):
         "model.args={hidden_dim: 16, num_heads: 2, ffn_dim: 32, num_encoder_layers: 1, "
         "num_decoder_layers: 1, neighbor_size: 1, dropout: 0.0}",
         "eval.every=2", "eval.pool=4", "train.steps=6", "train.batch_size=4", "train.lr=0.001",
+        "train.device=cpu",  # what the tests compare against is computed on the CPU, also on a GPU host
         *[f"train.{k}={v}" for k, v in train.items()]])
 
 

@@ -3,7 +3,8 @@
 A temporary folder gets a tiny synthetic UniAD run and a notebook that builds an Explorer on it.
 The test opens the notebook in JupyterLab, runs it, drags the threshold slider with the mouse and
 checks that the page changed (the printed numbers and the drawn figure), then saves a screenshot
-to ``figures/06_explorer_browser.png``. Skipped when /usr/bin/chromium or playwright is missing
+to ``figures_dir()``: a temporary folder under pytest (``ADNOTES_FIGURES=$PWD/figures pytest -m
+browser`` refreshes ``figures/06_explorer_browser.png``). Skipped when /usr/bin/chromium or playwright is missing
 (``apt-get install chromium``; ``pip install playwright``; never ``playwright install``).
 """
 import json

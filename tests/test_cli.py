@@ -5,6 +5,7 @@ import pytest
 from fixtures import make_mvtec
 
 from adnotes.__main__ import main
+from adnotes.paths import figures_dir
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def test_demo_runs_end_to_end_and_writes_its_figure(tmp_path, home, capsys):
     assert "UniAD-quick" in out and "kNN" in out  # the side-by-side table
     runs = list((home / "runs").glob("demo_uniad_quick-*"))
     assert len(runs) == 1 and (runs[0] / "seed0" / "metrics.json").is_file()
-    figure = home / "figures" / "demo_anomaly_maps.png"
+    figure = figures_dir() / "demo_anomaly_maps.png"  # the tests' own folder (conftest), not figures/
     record = json.loads(figure.with_suffix(".json").read_text())
     assert figure.stat().st_size > 10_000
     assert record["config"]["dataset"] == "mvtec" and record["config"]["seed"] == 0
@@ -68,3 +69,49 @@ def test_train_and_eval_from_the_command_line(tmp_path, home, capsys):
     assert main(["eval", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "bottle" in out and "pixel_AUPRO" in out
+
+
+def test_demo_passes_the_root_to_uniad_as_a_value(monkeypatch):
+    """The root reaches UniAD's config as typed, never re-read as YAML ('#' starts a comment, ': ' a mapping)."""
+    import adnotes.train
+    from adnotes.demo import DemoConfig, train_uniad_quick
+
+    seen = []
+    monkeypatch.setattr(adnotes.train, "train_or_load", lambda cfg, prefix: seen.append(cfg) or "run")
+    monkeypatch.setattr(adnotes.train, "final_metrics", lambda run: None)
+    for root in ("/data/mv #2", "/data/a: b"):
+        train_uniad_quick(DemoConfig(dataset="mvtec", root=root), steps=3)
+        assert seen[-1].data.root == root and seen[-1].train.steps == 3
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--name", "bad", "--set", "train.steps=-5"], "train.steps=-5"),
+    (["--name", "bad", "--set", "eval.every=0"], "eval.every=0"),
+    (["--name", "../elsewhere"], "'../elsewhere'"),
+])
+def test_train_user_errors_are_one_line_and_write_nothing(tmp_path, home, capsys, args, names):
+    assert main(["train", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and names in err and len(err.strip().splitlines()) == 1
+    assert not (home / "runs").exists() and not (home / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("text", ["", "train: {steps: 5\n"])
+def test_empty_or_malformed_config_file_is_one_line(tmp_path, home, capsys, text):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_with_other_set_values_is_refused(home, capsys):
+    from adnotes.train import Config
+
+    run = home / "runs" / "mine"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(__import__("yaml").safe_dump(Config.load(None, ["train.steps=10"]).to_dict()))
+    assert main(["train", "--name", "mine", "--resume", "--set", "train.steps=20"]) == 1
+    err = capsys.readouterr().err
+    assert "train.steps=10 (asked: 20)" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]

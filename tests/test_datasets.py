@@ -112,3 +112,113 @@ def test_load_dataset_by_name(tmp_path):
     assert ds.classes == ["bottle", "wood"] and len(ds) == 6
     with pytest.raises(ValueError, match="choose one of"):
         load_dataset("mnist", "train")
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_crafted_cifar_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "the_pickle_ran"
+
+    class Payload:  # what a malicious batch file holds: a call to run on unpickling
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').write('ran')",)
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": Payload(), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"data_batch_1 is not a CIFAR-10 batch .*builtins\.exec"):
+        cifar10_records(tmp_path, "train", normal=[0])
+    assert not marker.exists()
+    (tmp_path / "data_batch_1").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(ValueError, match="data_batch_1 is not a CIFAR-10 batch"):
+        cifar10_records(tmp_path, "train", normal=[0])
+
+
+def one_image_dataset(tmp_path, image: Image.Image, suffix=".png") -> ADDataset:
+    root = make_mvtec(tmp_path / "m", classes=("bottle",), defects=("crack",), size=4)
+    path = root / "bottle" / "test" / "good" / f"000{suffix}"
+    (root / "bottle" / "test" / "good" / "000.png").unlink()
+    image.save(path)
+    records = [r for r in mvtec_records(root, "test") if r.image == path]
+    return ADDataset(records, image_size=4)
+
+
+def test_16bit_greyscale_is_scaled_not_clipped(tmp_path):
+    values = np.linspace(0, 65535, 16).round().astype(np.uint16).reshape(4, 4)
+    ds = one_image_dataset(tmp_path, Image.fromarray(values))  # a 16-bit PNG (mode I;16)
+    got = np.asarray(ds.load_image(0))
+    expected = np.round(values / 65535 * 255).astype(np.uint8)  # by hand: 0..65535 -> 0..255
+    assert got.shape == (4, 4, 3) and all(np.array_equal(got[..., c], expected) for c in range(3))
+    assert (got == 255).mean() < 0.1  # the old conversion saturated ~all of them
+
+
+@pytest.mark.parametrize("mode, pixel, expected", [
+    ("1", 1, (255, 255, 255)), ("L", 77, (77, 77, 77)), ("LA", (90, 10), (90, 90, 90)),
+    ("RGBA", (1, 2, 3, 0), (1, 2, 3)), ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+    ("I", 65535, (255, 255, 255)), ("I", 257 * 100, (100, 100, 100))])
+def test_other_modes_become_the_right_rgb(tmp_path, mode, pixel, expected):
+    suffix = ".tif" if mode in ("CMYK", "I") else ".png"
+    ds = one_image_dataset(tmp_path, Image.new(mode, (4, 4), pixel), suffix)
+    assert np.asarray(ds.load_image(0))[0, 0].tolist() == list(expected)
+
+
+def test_palette_image_uses_its_palette_and_masks_keep_region_ids(tmp_path):
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 200, 30, 60] + [0] * 762)  # index 1 is (200, 30, 60)
+    ds = one_image_dataset(tmp_path, image)
+    assert np.asarray(ds.load_image(0))[0, 0].tolist() == [200, 30, 60]
+    root = tmp_path / "m"
+    mask = root / "bottle" / "ground_truth" / "crack" / "000_mask.png"
+    ids = np.zeros((4, 4), np.uint16)
+    ids[1, 2] = 3  # a 16-bit mask holding region id 3: defect, though 3/257 rounds to 0 in 8 bits
+    Image.fromarray(ids).save(mask)
+    ds = ADDataset(mvtec_records(root, "test"), image_size=4)
+    defect = next(i for i, r in enumerate(ds.records) if r.label)
+    assert np.array_equal(ds.load_mask(defect, (4, 4)), ids > 0)
+
+
+@pytest.mark.parametrize("image, match", [
+    (Image.new("F", (4, 4), 0.5), "floating point"),
+    (Image.fromarray(np.full((4, 4), 70000, np.int32)), "outside 16 bits")])
+def test_images_without_a_clear_8bit_meaning_are_refused(tmp_path, image, match):
+    ds = one_image_dataset(tmp_path, image, ".tif")
+    with pytest.raises(ValueError, match=f"000.tif.*{match}"):
+        ds[0]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The first bytes of a PNG that claims width x height (Pillow reads the size before pixels)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_oversized_images_are_a_clear_error(tmp_path, monkeypatch):
+    root = make_mvtec(tmp_path, classes=("bottle",))
+    path = root / "bottle" / "test" / "good" / "000.png"
+    path.write_bytes(_png_header(20_000, 20_000))
+    ds = ADDataset(mvtec_records(root, "test"))
+    index = next(i for i, r in enumerate(ds.records) if r.image == path)
+    with pytest.raises(ValueError, match=r"image .*good/000.png is too large"):
+        ds[index]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 20x20 = 400: Pillow only warns (1x-2x the limit)
+    png(path, np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"image .*good/000.png is too large"):
+        ds[index]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_class_without_normal_training_images_is_an_error(tmp_path, split):
+    root = make_mvtec(tmp_path)
+    for p in (root / "wood" / "train" / "good").iterdir():
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match=r"No normal training images of class 'wood'.*wood/train/good"):
+        mvtec_records(root, split)
+    (root / "wood" / "train" / "good").rmdir()
+    (root / "wood" / "train").rmdir()  # no train folder at all: still the class's error, not a skip
+    with pytest.raises(FileNotFoundError, match="class 'wood'"):
+        mvtec_records(root, split)

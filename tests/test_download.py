@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import stat
 import tarfile
 import threading
 import zipfile
@@ -167,9 +169,10 @@ UNSAFE = {  # case -> (members, name of the member that must be refused)
     "symlink_up": ([("link", "symlink", "../../.."), ("link/evil.txt", "file", "")], "link"),
     "symlink_abs": ([("link", "symlink", "{abs}"), ("link/evil.txt", "file", "")], "link"),
     "hardlink_up": ([("hard", "hardlink", "../outside.txt")], "hard"),
-    # each link alone resolves inside ('a/..' reads as '.'), but b really is root's parent
+    # each link alone resolves inside ('a/..' reads as '.'), but b really is root's parent:
+    # refused at the first link, as every link is
     "symlink_chain": ([("a", "symlink", "."), ("b", "symlink", "a/.."),
-                       ("b/evil.txt", "file", "")], "b"),
+                       ("b/evil.txt", "file", "")], "a"),
 }
 
 
@@ -202,6 +205,85 @@ def test_unsafe_zip_member_is_refused(tmp_path):
         extract(archive, dest)
     assert all_paths(tmp_path) == before
 
+
+
+def _add(tf: tarfile.TarFile, name: str, kind: str = "file", link: str = "", data: bytes = b"evil") -> None:
+    info = tarfile.TarInfo(name)
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                 "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE}[kind]
+    info.linkname, info.mode = link, 0o755 if kind == "dir" else 0o644
+    info.size = len(data) if kind == "file" else 0
+    tf.addfile(info, io.BytesIO(data) if kind == "file" else None)
+
+
+def test_symlink_chain_past_path_max_is_refused(tmp_path):
+    """CVE-2025-4517 (CPython's test_realpath_limit_attack, aimed two folders above the target):
+    a chain of links whose expansion exceeds PATH_MAX, which realpath (and tarfile's data filter
+    up to 3.11.12) silently stops expanding, so the link escape/.. looks inside."""
+    dest = tmp_path / "a" / "b" / "root" / "data"
+    dest.parent.mkdir(parents=True)
+    # extract() unpacks into <dest.parent>/.<dest.name>-XXXXXXXX/new (mkdtemp: 8 random characters)
+    unpacked = len(str(dest.parent / f".{dest.name}-12345678" / "new"))
+    steps = "abcdefghijklmnop"
+    component = "d" * ((os.pathconf(tmp_path, "PC_PATH_MAX") - unpacked - 1) // (len(steps) + 1))
+    archive = tmp_path / "chain.tar"
+    with tarfile.open(archive, "w") as tf:
+        path = ""
+        for step in steps:  # a -> d, d/b -> d, ...: the links expand to d/d/.../d
+            _add(tf, os.path.join(path, component), "dir")
+            _add(tf, os.path.join(path, step), "symlink", component)
+            path = os.path.join(path, component)
+        long_link = os.path.join(*steps, "l" * 254)  # expands past PATH_MAX: realpath gives up here
+        _add(tf, long_link, "symlink", os.path.join(*[".."] * len(steps)))  # -> the unpacked folder
+        _add(tf, "escape", "symlink", os.path.join(long_link, *[".."] * 4))  # -> tmp_path / "a"
+        _add(tf, "escape/evil.txt")
+    before = all_paths(tmp_path)
+    with pytest.raises(ValueError, match=r"Refusing to extract .*'a' is a symbolic link"):
+        extract(archive, dest)
+    assert all_paths(tmp_path) == before and not (tmp_path / "a" / "evil.txt").exists()
+
+
+def test_link_that_leaves_after_the_top_folder_is_unwrapped_is_refused(tmp_path):
+    """data/l -> ../x stays inside while unpacking but points beside the dataset once data/ is
+    unwrapped into dest."""
+    archive = tmp_path / "wrapped.tar"
+    with tarfile.open(archive, "w") as tf:
+        _add(tf, "data/ok.txt", data=b"ok")
+        _add(tf, "data/l", "symlink", "../x")
+    dest = tmp_path / "root" / "data"
+    dest.parent.mkdir()
+    (dest.parent / "x").write_text("beside the dataset")
+    with pytest.raises(ValueError, match=r"member 'data/l' is a symbolic link \(to '\.\./x'\)"):
+        extract(archive, dest)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
+
+
+@pytest.mark.parametrize("kind, what", [("hardlink", "a hard link"), ("fifo", "a device or fifo"),
+                                        ("chardev", "a device or fifo")])
+def test_hard_links_devices_and_fifos_are_refused(tmp_path, kind, what):
+    archive = tmp_path / "odd.tar"
+    with tarfile.open(archive, "w") as tf:
+        _add(tf, "ok.txt", data=b"ok")
+        _add(tf, "odd", kind, "ok.txt" if kind == "hardlink" else "")  # a hard link to a member inside
+    dest = tmp_path / "root" / "data"
+    dest.parent.mkdir()
+    with pytest.raises(ValueError, match=f"member 'odd' is {what}"):
+        extract(archive, dest)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_zip_symlink_entry_is_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", b"ok")
+        info = zipfile.ZipInfo("l")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16  # how zip -y stores a symbolic link
+        zf.writestr(info, "../x")
+    dest = tmp_path / "root" / "data"
+    dest.parent.mkdir()
+    with pytest.raises(ValueError, match="member 'l' is a symbolic link"):
+        extract(archive, dest)
+    assert list(dest.parent.iterdir()) == []
 
 # --- download + hash ------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
-"""The course labs: the self-checks of adnotes.labs and the lab notebooks in notebooks/labs/.
+"""The course labs: the self-checks of adnotes.labs and the layout of the nbgrader sources.
 
-Each check passes the reference solution (tests/lab_solutions.py, written independently of the
-package code) and fails typical wrong solutions with the explanation that names the mistake:
-returning False in the default mode, raising LabCheckError in strict mode. Each lab notebook runs
-to the end as shipped (the checks say "not implemented yet") and with its TODO cells replaced by
-the reference solutions (every check passes).
+Each check passes the reference solution (tests/lab_solutions.py reads it from the lab's nbgrader
+source, where it is written independently of the package code) and fails typical wrong solutions
+with the explanation that names the mistake: returning False in the default mode, raising
+LabCheckError in strict mode. The sources follow one layout: an answer cell per function, then a
+graded cell whose visible half is the self-check and whose hidden half asserts it, then hidden
+tests. tests/test_nbgrader.py generates the student versions and autogrades both ways.
 """
-import inspect
-import os
+import copy
+import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,9 +22,8 @@ from scipy import ndimage
 import lab_solutions as solutions
 from adnotes import labs
 
-REPO = Path(__file__).resolve().parents[1]
-LABS = REPO / "notebooks" / "labs"
-LAB_PATHS = sorted(LABS.glob("lab*.ipynb"))
+SOURCES = solutions.SOURCES
+LABS = SOURCES[0].parents[2] if SOURCES else None
 CHECKS = {name: getattr(labs, f"check_{name}") for name in solutions.SOLUTIONS}
 
 
@@ -111,6 +112,71 @@ def _tokens_norm(t):
     return t.norm(dim=-1, keepdim=True)
 
 
+def _decoder(design="a", query="every", chain=True, residual="query", ffn=True, mask=True, expand=True):
+    """A layer-wise query decoder with one slip (design "b": E and P swapped)."""
+    def query_decoder(enc, queries, layers, pos, m):
+        prev = enc
+        for i, layer in enumerate(layers):
+            q = queries[0] if query == "shared" else queries[i]
+            q = q.expand(len(enc), -1, -1) if expand else q
+            q = prev if query == "first" and i > 0 else q
+            e, p = enc, prev if chain else enc
+            kv1, kv2 = (e, p) if design == "a" else (p, e)
+            m_ = m if mask else None
+            r = layer.norm1(q if residual == "query" else kv1, layer.attn1(q, kv1, pos, m_))
+            out = layer.norm2(r if residual == "query" else kv2, layer.attn2(r, kv2, pos, m_))
+            prev = layer.norm3(out, layer.ffn(out)) if ffn else out
+        return prev
+    return query_decoder
+
+
+def _f1_one_at_a_time(labels, scores):
+    y = np.asarray(labels)[np.argsort(-np.asarray(scores), kind="stable")] != 0
+    tp, fp = np.cumsum(y), np.cumsum(~y)
+    return float(np.max(2 * tp / (tp + fp + y.sum())))
+
+
+def _f1_curve(labels, scores, predicted=np.greater_equal):
+    y, s = np.asarray(labels) != 0, np.asarray(scores, float)
+    f1 = []
+    for t in np.unique(s)[::-1]:
+        tp, n = (predicted(s, t) & y).sum(), predicted(s, t).sum()
+        precision, recall = tp / n if n else np.nan, tp / y.sum()
+        f1.append(2 * precision * recall / (precision + recall) if tp else (np.nan if not n else 0.0))
+    return np.array(f1)
+
+
+def _configs(*, deep=True, share=False, seeds_as=list, validate=True, merge=True, set_seeds=True):
+    """ablation_configs with one slip."""
+    def ablation_configs(base, change, seeds):
+        if validate and (len(list(seeds)) < 3 or len(set(seeds)) != len(list(seeds))):
+            raise ValueError("need 3 distinct seeds")
+        default = copy.deepcopy(base) if deep else base
+        if set_seeds:
+            default.train.seeds = seeds_as(seeds)
+        ablated = copy.copy(default) if share else copy.deepcopy(default)
+        if share:
+            ablated.model.args.update(change)
+        else:
+            ablated.model.args = {**ablated.model.args, **change} if merge else dict(change)
+        return default, ablated
+    return ablation_configs
+
+
+def _scores(key=int, row="mean", metric=None, number=False):
+    """seed_scores with one slip: folder names as keys, seeds numbered 0..n-1, the first row, a fixed metric."""
+    def seed_scores(run_dir, metric_=metric or "image_AUROC"):
+        paths = sorted(Path(run_dir).glob("seed*/metrics.json"), key=lambda p: int(p.parent.name[4:]))
+        out = {}
+        for i, path in enumerate(paths):
+            table = json.loads(path.read_text())
+            value = table["mean"] if row == "mean" else next(iter(table.values()))
+            seed = i if number else key(path.parent.name[4:]) if key is int else path.parent.name
+            out[seed] = value[metric or metric_]
+        return out
+    return seed_scores
+
+
 WRONG = [  # (check, wrong solution, words the explanation must contain)
     ("neighbor_mask", lambda h, w, k: solutions.neighbor_mask(h, w, k) & ~torch.eye(h * w, dtype=torch.bool),
      "lets a token attend to itself: the centre of the neighbourhood must be masked too"),
@@ -158,6 +224,42 @@ WRONG = [  # (check, wrong solution, words the explanation must contain)
     ("aupro", _aupro_regions(stack=True), "Label each image's mask separately"),
     ("aupro", lambda m, a, lim=0.3: solutions.aupro(m, -a, lim), "Are scores higher for anomalies"),
     ("aupro", lambda m, a, lim=0.3: solutions.aupro(m, a, 0.3), "ignore the fpr_limit"),
+    ("query_decoder", _decoder(design="b"), "design (b)"),
+    ("query_decoder", _decoder(query="shared"), "every layer used queries[0]"),
+    ("query_decoder", _decoder(query="first"), "only your first layer used a query table"),
+    ("query_decoder", _decoder(chain=False), "P, the previous layer's output"),
+    ("query_decoder", _decoder(residual="kv"), "must follow its QUERY"),
+    ("query_decoder", _decoder(ffn=False), "feed-forward step is missing"),
+    ("query_decoder", _decoder(mask=False), "you passed None as mask"),
+    ("query_decoder", _decoder(expand=False), "expand it to the batch"),
+    ("query_decoder", lambda *a: torch.stack([solutions.query_decoder(*a)] * 2), "return only the last one"),
+    ("f1_max", lambda y, s: 100 * solutions.f1_max(y, s), "not a percentage"),
+    ("f1_max", _f1_one_at_a_time, "one threshold per DISTINCT score"),
+    ("f1_max", lambda y, s: max(((s >= t) == (y == 1)).mean() for t in np.unique(s)), "best ACCURACY"),
+    ("f1_max", lambda y, s: 2 * ((s >= 0.5) & (y == 1)).sum() / ((s >= 0.5).sum() + y.sum()), "single threshold 0.5"),
+    ("f1_max", lambda y, s: float(np.nanmean(_f1_curve(y, s))), "the MAXIMUM"),
+    ("f1_max", lambda y, s: float(np.max(_f1_curve(y, s, predicted=np.greater))), "not finite"),
+    ("ablation_configs", _configs(deep=False), "changed `base`"),
+    ("ablation_configs", _configs(share=True), "copy.copy copies only the top level"),
+    ("ablation_configs", _configs(seeds_as=tuple), "store a list"),
+    ("ablation_configs", _configs(set_seeds=False), "exactly the seeds given"),
+    ("ablation_configs", _configs(merge=False), "lost its other entries"),
+    ("ablation_configs", _configs(validate=False), "raise ValueError"),
+    ("seed_scores", _scores(key=str), "key the dict by the integer seed"),
+    ("seed_scores", _scores(number=True), "numbered the seeds 0, 1, 2 yourself"),
+    ("seed_scores", _scores(row="first"), "first class's row"),
+    ("seed_scores", _scores(metric="image_AUROC"), "use the `metric` argument"),
+    ("seed_scores", lambda run, metric="image_AUROC": float(np.mean(list(solutions.seed_scores(run, metric).values()))),
+     "one value per seed"),
+    ("mean_std", lambda v: (np.mean(v), np.std(v)), "divides by n"),
+    ("mean_std", lambda v: (np.mean(v), np.var(v, ddof=1)), "variance"),
+    ("mean_std", lambda v: (np.mean(v), np.std(v, ddof=1) / np.sqrt(len(v))), "standard error"),
+    ("mean_std", lambda v: (np.std(v, ddof=1), np.mean(v)), "(std, mean)"),
+    ("mean_std", lambda v: (np.mean(v), np.std(v, ddof=1)), "raise ValueError"),
+    ("paired_differences", lambda d, a: {k: d[k] - a[k] for k in d}, "default − ablated"),
+    ("paired_differences", lambda d, a: dict(zip(d, (y - x for x, y in zip(d.values(), a.values())))),
+     "by position"),
+    ("paired_differences", lambda d, a: {k: a[k] - d[k] for k in d if k in a}, "raise ValueError"),
 ]
 
 
@@ -239,30 +341,48 @@ def test_checks_leave_the_global_random_state_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_toy_maps_and_the_local_branch_example_are_well_formed():
+def test_the_examples_and_the_fake_run_are_well_formed(tmp_path):
     toy = labs.toy_anomaly_maps()
     assert toy["maps"].shape == toy["masks"].shape == (24, 64, 64) and toy["labels"].shape == (24,)
     assert all(toy["masks"][i].any() == bool(toy["labels"][i]) for i in range(24))
     x, params = labs.local_branch_example()
     assert x.shape == (2, 6, 7, 8) and set(params) == set(labs.LOCAL_BRANCH_PARAMS)
+    enc, queries, layers, pos, mask = labs.query_decoder_example()
+    assert enc.shape == (2, 20, 16) and queries.shape == (2, 20, 16) and len(layers) == 2
+    assert pos.shape == (20, 16) and mask.shape == (20, 20) and mask.dtype == torch.bool
+    run = labs.fake_run(tmp_path / "run", {0: 0.5, 12: 0.75}, metric="pixel_AUROC")
+    tables = {int(p.parent.name[4:]): json.loads(p.read_text()) for p in run.glob("seed*/metrics.json")}
+    assert {seed: t["mean"]["pixel_AUROC"] for seed, t in tables.items()} == {0: 0.5, 12: 0.75}
 
 
-# ----------------------------------------------------------------------------- the lab notebooks
-def _todo_cells(nb):
-    return [c for c in nb.cells if "todo" in c.metadata.get("tags", [])]
+def test_a_warning_of_the_students_code_goes_to_stdout_not_stderr(capsys):
+    def noisy(values):
+        import warnings
+        warnings.warn("deprecated call", DeprecationWarning)
+        return solutions.mean_std(values)
+
+    assert labs.check_mean_std(noisy) is True
+    captured = capsys.readouterr()
+    assert "DeprecationWarning: deprecated call" in captured.out and captured.err == ""
 
 
-def test_there_are_labs_and_the_readme_lists_each():
-    assert len(LAB_PATHS) >= 2, "no lab notebooks in notebooks/labs"
+# ----------------------------------------------------------------------------- the nbgrader sources
+def _nbgrader(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def test_there_are_labs_and_the_readme_links_each():
+    assert len(SOURCES) >= 3, "no lab sources in notebooks/labs/source/<lab>/<lab>.ipynb"
     readme = (LABS / "README.md").read_text()
-    for path in LAB_PATHS:
-        assert path.name in readme, f"{path.name} is missing from notebooks/labs/README.md"
-    covered = {c.metadata["adnotes"]["solution"] for p in LAB_PATHS for c in _todo_cells(nbformat.read(p, 4))}
-    assert covered == set(CHECKS), "every check has a TODO cell in some lab"
+    for path in SOURCES:
+        assert path.stem == path.parent.name, f"{path}: name the notebook after its folder"
+        assert f"(release/{path.stem}/{path.name})" in readme, f"{path.stem} is missing from notebooks/labs/README.md"
+    public = {name.removeprefix("check_") for name in labs.__all__ if name.startswith("check_")}
+    assert set(CHECKS) == public, "every check of adnotes.labs has an answer cell in some lab, and vice versa"
 
 
-@pytest.mark.parametrize("path", LAB_PATHS, ids=lambda p: p.stem)
-def test_lab_is_committed_without_outputs_and_follows_the_layout(path):
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_follows_the_lab_layout(path):
     nb = nbformat.read(path, as_version=4)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     for i in code:
@@ -275,50 +395,36 @@ def test_lab_is_committed_without_outputs_and_follows_the_layout(path):
     assert sum(nb.cells[i - 1].cell_type == "markdown" for i in code) >= 0.6 * len(code)
     assert nb.cells[-1].cell_type == "markdown" and "Summary" in nb.cells[-1].source
     assert nb.metadata["adnotes"]["lab"] is True
-    for cell in _todo_cells(nb):
-        name = cell.metadata["adnotes"]["solution"]
-        assert name in CHECKS and "# TODO" in cell.source and "raise NotImplementedError" in cell.source
-        assert f"def {name}(" in cell.source
-        after = nb.cells[nb.cells.index(cell) + 1:]
-        check = next(c for c in after if c.cell_type == "code")
-        assert f"labs.check_{name}({name})" in check.source, f"the check of {name} follows its TODO cell"
+    graded = [_nbgrader(c) for c in nb.cells if _nbgrader(c)]
+    assert len({m["grade_id"] for m in graded}) == len(graded), "grade ids are unique"
+    for cell in nb.cells:
+        meta, name = _nbgrader(cell), cell.metadata.get("adnotes", {}).get("solution")
+        if meta.get("grade") and not meta.get("solution"):   # an autograder test: the visible half never raises
+            visible = cell.source.split("### BEGIN HIDDEN TESTS")[0]
+            assert cell.cell_type == "code" and meta["locked"] and meta["points"] > 0, meta["grade_id"]
+            assert "### END HIDDEN TESTS" in cell.source and "assert" not in visible and "strict" not in visible
+        if meta.get("grade") and meta.get("solution"):       # a written answer, graded by hand
+            assert cell.cell_type == "markdown" and meta["points"] > 0, meta["grade_id"]
+        if meta.get("solution") and not meta.get("grade"):   # an autograded answer: nbgrader writes the stub
+            assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source, meta["grade_id"]
+            assert "NotImplementedError" not in cell.source, meta["grade_id"]
+        if name:
+            assert meta.get("solution") and not meta.get("grade") and f"def {name}(" in cell.source
+            check = next(c for c in nb.cells[nb.cells.index(cell) + 1:] if c.cell_type == "code")
+            assert f"labs.check_{name}({name})" in check.source and _nbgrader(check).get("grade"), \
+                f"the graded self-check of {name} follows its answer cell"
 
 
-def _execute(path, monkeypatch, solved: bool):
-    """Run a lab in a fresh kernel (cwd = its folder, quick mode); optionally with the solutions pasted in."""
-    from nbclient import NotebookClient
-
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_every_written_question_has_a_rubric_with_its_points(path):
     nb = nbformat.read(path, as_version=4)
-    todo = _todo_cells(nb)
-    if solved:
-        for cell in todo:
-            solution = solutions.SOLUTIONS[cell.metadata["adnotes"]["solution"]]
-            cell.source = solutions.IMPORTS + inspect.getsource(solution)
-    monkeypatch.setenv("ADNOTES_QUICK", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    text = "".join(out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.outputs
-                   if out.output_type == "stream")
-    errors = [out for c in nb.cells if c.cell_type == "code" for out in c.outputs if out.output_type == "error"]
-    return text, len(todo), errors
-
-
-@pytest.mark.notebook
-@pytest.mark.slow
-@pytest.mark.parametrize("path", LAB_PATHS, ids=lambda p: p.stem)
-def test_lab_runs_as_shipped_and_says_not_implemented(path, monkeypatch):
-    text, n_todo, errors = _execute(path, monkeypatch, solved=False)
-    assert not errors
-    assert text.count("not implemented yet: fill in the TODO cell above") == n_todo, text
-    assert "✓" not in text and "(skipped until" in text
-
-
-@pytest.mark.notebook
-@pytest.mark.slow
-@pytest.mark.parametrize("path", LAB_PATHS, ids=lambda p: p.stem)
-def test_lab_runs_with_the_solutions_and_every_check_passes(path, monkeypatch):
-    text, n_todo, errors = _execute(path, monkeypatch, solved=True)
-    assert not errors
-    assert text.count("✓ ") == n_todo and "✗" not in text and "(skipped until" not in text, text
+    written = {_nbgrader(c)["grade_id"]: _nbgrader(c)["points"] for c in nb.cells
+               if _nbgrader(c).get("grade") and _nbgrader(c).get("solution")}
+    assert written, f"{path.name} has no written question"
+    rubric = (LABS / "instructor" / f"{path.stem}.md").read_text()
+    sections = {name: (int(points), body) for name, points, body in
+                re.findall(r"^## (\S+) \((\d+) points?\)\n(.*?)(?=^## |\Z)", rubric, re.M | re.S)}
+    assert set(sections) == set(written), f"instructor/{path.stem}.md: one section per written answer cell"
+    for grade_id, points in written.items():
+        criteria = [int(n) for n in re.findall(r"^- (\d+) points?:", sections[grade_id][1], re.M)]
+        assert sections[grade_id][0] == points == sum(criteria), f"{grade_id}: the rubric's points"

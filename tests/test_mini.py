@@ -79,13 +79,14 @@ def test_manifest_rows_match_files(dataset):
     meta = manifest(dataset)
     rows = meta["images"]
     on_disk = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.png")}
-    listed = {r["file"] for r in rows} | {r["mask"] for r in rows if r["mask"]}
+    listed = {r["file"] for r in rows} | {r["mask"] for r in rows if r["mask"]} | {r["twin"] for r in rows if r["twin"]}
     assert listed == on_disk
     assert meta["params"]["seed"] == 0 and meta["params"]["image_size"] == PARAMS["image_size"]
     for row in rows:
         if row["defect_type"] == "good":
-            assert row["mask"] is None and row["bbox"] is None and row["area"] == 0
+            assert row["mask"] is None and row["bbox"] is None and row["area"] == 0 and row["twin"] is None
             continue
+        assert row["twin"] == row["file"].replace("/test/", "/twins/"), "the twin sits beside the MVTec folders"
         mask = np.asarray(Image.open(dataset / row["mask"])) > 0
         ys, xs = np.nonzero(mask)
         assert row["area"] == mask.sum()
@@ -104,6 +105,9 @@ def test_files_are_clean_crops_outside_the_masks(dataset):
             mask = np.asarray(Image.open(dataset / row["mask"])) > 0
             assert not changed[~mask].any(), f"{row['file']} changed outside its mask"
             assert changed[mask].mean() >= 0.5, f"{row['file']}: most of the mask is unchanged"
+            # its clean twin is exactly the recorded crop: the same image without the defect
+            twin = np.asarray(Image.open(dataset / row["twin"]))
+            assert np.array_equal(twin, clean_crop(row, PARAMS["image_size"])), row["twin"]
 
 
 @pytest.mark.parametrize("kind", DEFECT_TYPES)
@@ -229,3 +233,18 @@ def test_loads_with_the_mvtec_loader(dataset):
     assert len(test) == len(CLASSES) * SIZE
     assert sum(r.label for r in test) == len(CLASSES) * (SIZE // 2)
     assert len(mvtec_records(dataset, "train")) == len(CLASSES) * (SIZE + SIZE // 3)
+
+
+@pytest.mark.parametrize("key", ["file", "mask", "twin"])
+def test_a_dataset_with_a_file_deleted_is_not_ready(dataset, tmp_path, key):
+    import shutil
+
+    from adnotes.data import load_dataset
+
+    root = shutil.copytree(dataset, tmp_path / "adnotes-mini")
+    row = next(r for r in manifest(root)["images"] if r["split"] == "test" and r.get(key))
+    (root / row[key]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"incomplete adnotes-mini: {row[key]} and 0 more"):
+        make_mini(root, **PARAMS)
+    with pytest.raises(FileNotFoundError, match=row[key]):
+        load_dataset("mini", "train", root=root)  # also a split that does not hold the file

@@ -300,7 +300,7 @@ def test_trains_end_to_end_with_pixel_masks_through_the_trainer(tmp_path, monkey
         "model.name=adtr", "model.preset=quick",
         "model.args={feature_size: 4, hidden_dim: 16, num_heads: 2, ffn_dim: 32, num_encoder_layers: 1, "
         "num_decoder_layers: 1, dropout: 0.0, loss: pushpull_pixel}",
-        "eval.every=3", "eval.pool=4", "train.steps=6", "train.batch_size=4", "train.lr=0.001"])
+        "eval.every=3", "eval.pool=4", "train.steps=6", "train.batch_size=4", "train.lr=0.001", "train.device=cpu"])
     seen = []
     original = ADTR.training_loss
     monkeypatch.setattr(ADTR, "training_loss",

@@ -1,7 +1,7 @@
 """HaloAE: halo attention, SSIM, loss schedule, model, CutPaste views and the VGG19 taps.
 
 Independent references: a brute-force loop over query pixels (attention), the uniform window
-mean (the inverted-mask bug), scikit-image's SSIM, the table of method-specs §2.6, NumPy
+mean (the inverted-mask bug), scikit-image's SSIM, the hand-computed table of notebooks/SOURCES.md §5.6, NumPy
 bounding boxes (CutPaste), torchvision's own VGG19 layers run by hand.
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_ssim_matches_scikit_image():
 
 @pytest.mark.parametrize("epoch, expected", [(0, (.971, .028, .001)), (50, (.681, .304, .015)),
                                              (100, (.274, .625, .102)), (250, (.112, .335, .554))])
-def test_loss_weights_follow_the_table_of_method_specs(epoch, expected):
+def test_loss_weights_follow_the_hand_computed_table(epoch, expected):  # notebooks/SOURCES.md §5.6
     assert np.round(loss_weights(epoch), 3).tolist() == list(expected)
     model = create("haloae", preset="quick", in_channels=8)
     assert model.loss_weights(epoch / 251) == pytest.approx(loss_weights(epoch))  # x = progress · 251
@@ -228,7 +228,7 @@ def test_trainer_runs_haloae_end_to_end(tmp_path):
         "model.name=haloae", "model.preset=quick",
         "model.args={head_channels: 8, dim_head: 4, block_size: 2, halo: 1, image_channels: 8, "
         "image_middle: 1, image_size: 32}",
-        "train.steps=3", "train.batch_size=6", "train.mode=separate", "eval.every=3",
+        "train.steps=3", "train.batch_size=6", "train.mode=separate", "eval.every=3", "train.device=cpu",
         "eval.normalize=true", "eval.pool=null", "eval.reduce=mean", "eval.sigma=3.2"])
     run = train(cfg, "halo", runs=tmp_path, features=(train_set, test))
     assert any(run.rglob("metrics.json"))

@@ -146,7 +146,7 @@ def test_neighbor_mask_blocks_exactly_the_window(h, w, kh, kw):
     mask = neighbor_mask(h, w, (kh, kw), torch.device("cpu"))
     assert torch.equal(mask, brute_force_mask(h, w, kh, kw))
     if (h, w, kh) == (14, 14, 7):
-        assert int((~mask[7 * 14 + 7]).sum()) == 196 - 49  # a centre token sees 147 keys (method-specs §2.2)
+        assert int((~mask[7 * 14 + 7]).sum()) == 196 - 49  # a centre token sees 147 keys (notebooks/SOURCES.md §2.4)
 
 
 def test_masked_keys_and_values_get_no_gradient():

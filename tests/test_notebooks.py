@@ -1,5 +1,6 @@
 """The notebooks as a reader runs them: each executes top to bottom in quick mode and writes the
 figures it promises; committed notebooks carry no outputs; the README lists them all."""
+import json
 from pathlib import Path
 
 import nbformat
@@ -44,3 +45,25 @@ def test_notebook_runs_in_quick_mode_and_writes_its_figures(path):
     result = execute_notebook(path, quick=True, timeout=900)
     assert not result.missing, f"{path.name} did not write {result.missing}"
     print(f"{path.stem}: {result.seconds:.0f} s")
+
+
+@pytest.mark.notebook
+def test_executed_notebooks_write_figures_outside_the_checkout_with_portable_paths(tmp_path):
+    """A notebook executed by the tests (in its own kernel) saves into the tests' figure folder, not the
+    versioned figures/, and its JSON records paths relative to the data folder."""
+    from adnotes.paths import data_dir, figures_dir
+
+    repo_figures = NOTEBOOKS.parent / "figures"
+    before = {p.name: p.stat().st_mtime_ns for p in repo_figures.iterdir()}
+    nb = nbformat.v4.new_notebook(metadata={"adnotes": {"figures": ["zz_test_figure"]}})
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as plt\nfrom adnotes import plots\nfrom adnotes.paths import data_dir\n"
+        "plots.save_figure(plt.figure(), 'zz_test_figure', data={'shown': [data_dir() / 'mini' / 'a.png']})"))
+    path = tmp_path / "99_test.ipynb"
+    nbformat.write(nb, path)
+    result = execute_notebook(path, timeout=120)
+    assert result.figures == ["zz_test_figure"] and not result.missing
+    assert figures_dir() != repo_figures.resolve() and (figures_dir() / "zz_test_figure.png").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in repo_figures.iterdir()} == before
+    record = json.loads((figures_dir() / "zz_test_figure.json").read_text())
+    assert record["data"]["shown"] == ["mini/a.png"] and str(data_dir()) not in json.dumps(record)

@@ -99,3 +99,25 @@ def test_setup_fixes_the_seeds():
     a = torch.rand(3)
     setup(seed=3, verbose=False)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_regenerating_one_result_does_not_bless_a_changed_file_of_another(tmp_path, cache):
+    slim_run(tmp_path, cache, "shortcut_mlp")
+    curves = cache / "shortcut_mlp" / "seed0" / "curves.csv"
+    curves.write_text(curves.read_text() + "tampered\n")
+    run = tmp_path / "runs" / "r"  # slim_run's run, cached again as another recipe
+    results._slim_copy(run, cache / "shortcut_cnn")
+    results._write_manifest("shortcut_cnn", {"command": "test", "made": "today"})
+    assert "shortcut_mlp/seed0/curves.csv: sha256 differs from MANIFEST.json" in results.verify()
+    assert results.verify("shortcut_cnn") == [] and results.cached("shortcut_mlp") is None
+    listed = json.loads((cache / "MANIFEST.json").read_text())["files"]
+    assert {rel.split("/")[0] for rel in listed} == {"shortcut_mlp", "shortcut_cnn"}
+
+
+def test_train_init_verifies_a_cached_result_before_reading_it(tmp_path, cache):
+    run, feats = slim_run(tmp_path, cache)
+    (cache / "shortcut_mlp" / "seed0" / "metrics.json").write_text("{}")  # changed after caching
+    cfg = tiny_config(init=str(cache / "shortcut_mlp"))
+    with pytest.raises(ValueError, match="shortcut_mlp does not match results/MANIFEST.json .*metrics.json"):
+        trainer.train(cfg, "continued", runs=tmp_path / "runs", features=feats)
+    assert not (tmp_path / "runs" / "continued").exists()

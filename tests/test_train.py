@@ -17,6 +17,13 @@ from fixtures import tiny_config, tiny_features, tiny_multiscale_features
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def assert_same_run(a, b):
+    """Two run folders ended with identical weights and identical curves (seed 0)."""
+    wa, wb = (torch.load(r / "seed0" / "checkpoint.pt", weights_only=True)["model"] for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    pd.testing.assert_frame_equal(pd.read_csv(a / "seed0" / "curves.csv"), pd.read_csv(b / "seed0" / "curves.csv"))
+
+
 def test_curves_and_final_metrics_match_an_independent_evaluation(tmp_path):
     feats = tiny_features()
     run = train(tiny_config(), "r", runs=tmp_path, features=feats)
@@ -57,11 +64,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_curves(tmp_path, monkeypat
     monkeypatch.setattr(trainer, "_batches", batches)
     killed = train(tiny_config(), "killed", runs=tmp_path, features=feats, resume=True)
 
-    a = torch.load(whole / "seed0" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(killed / "seed0" / "checkpoint.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    pd.testing.assert_frame_equal(pd.read_csv(whole / "seed0" / "curves.csv"),
-                                  pd.read_csv(killed / "seed0" / "curves.csv"))
+    assert_same_run(whole, killed)
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):
@@ -154,7 +157,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     import sys
 
     script = Path(__file__).parent / "ddp_train.py"
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPUs, also on a GPU host
     subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     str(script), str(tmp_path / "two")], check=True, env=env)
@@ -179,6 +182,7 @@ def test_omniad_trains_on_multiscale_features_and_scores_like_its_paper(tmp_path
         "model.name=omniad", "model.preset=quick", "data.multiscale=true", "data.image_size=64",
         "model.args={widths: [16, 8, 8, 8], num_tokens: 4, heads: 2}",
         "train.steps=4", "train.batch_size=4", "train.lr=0.001", "train.decay_1d=false", "train.clip_grad=5",
+        "train.device=cpu",
         "eval.every=2", "eval.pool=null", "eval.sigma=4"])
     run = train(cfg, "omni", runs=tmp_path, features=feats)
     model = trainer.build_model(cfg, feats[0])
@@ -251,3 +255,154 @@ def test_keep_steps_saves_the_weights_at_those_steps(tmp_path):
     last = torch.load(run / "seed0" / "weights_step6.pt", weights_only=True)
     final = torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(last[k], final[k]) for k in final)
+
+
+# ----------------------------------------------------------------------------- checkpoints (issue 13)
+
+def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    feats = tiny_features()
+    whole = train(tiny_config(), "whole", runs=tmp_path, features=feats)
+    batches, handler = trainer._batches, signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_during_step_5(n, batch_size, seed, step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as Ctrl-C sends it
+        return batches(n, batch_size, seed, step)
+
+    monkeypatch.setattr(trainer, "_batches", ctrl_c_during_step_5)
+    monkeypatch.setattr(trainer, "runs_dir", lambda: tmp_path)
+    with pytest.raises(trainer.TrainingInterrupted, match=r"after step 5 of 6.*adnotes train --name killed --resume"):
+        train(tiny_config(), "killed", runs=tmp_path, features=feats)
+    assert issubclass(trainer.TrainingInterrupted, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C behaves as before outside training
+    # Step 5 finished and is in the checkpoint, between two evaluations (every 2 steps).
+    assert torch.load(tmp_path / "killed" / "seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
+    monkeypatch.setattr(trainer, "_batches", batches)
+    killed = train(tiny_config(), "killed", runs=tmp_path, features=feats, resume=True)
+    # The loss of the row at step 6 averages steps 5 and 6 across the interruption: identical too.
+    assert_same_run(whole, killed)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_checkpoint_is_an_error_naming_the_file_and_the_last_evaluation(tmp_path, damage):
+    run = train(tiny_config(), "r", runs=tmp_path, features=tiny_features())
+    checkpoint = run / "seed0" / "checkpoint.pt"
+    checkpoint.write_bytes(b"" if damage == "empty" else checkpoint.read_bytes()[:300])
+    with pytest.raises(RuntimeError, match=f"{checkpoint}.*damaged.*at step 6"):
+        train(tiny_config(), "r", runs=tmp_path, features=tiny_features(), resume=True)
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    real, calls = torch.save, []
+
+    def killed_in_the_second_save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:  # half a file, then the process dies
+            Path(f).write_bytes(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", killed_in_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(), "r", runs=tmp_path, features=tiny_features())
+    monkeypatch.setattr(torch, "save", real)
+    folder = tmp_path / "r" / "seed0"
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == 2  # the first one, whole
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "curves.csv"]  # no temporary file left
+
+
+def test_resuming_a_finished_run_adds_no_steps_and_rewrites_nothing(tmp_path):
+    feats = tiny_features()
+    run = train(tiny_config(), "r", runs=tmp_path, features=feats)
+    files = [run / "seed0" / name for name in ("metrics.json", "curves.csv", "checkpoint.pt")]
+    before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in files]
+    train(tiny_config(), "r", runs=tmp_path, features=feats, resume=True)
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in files] == before
+
+
+@pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter")
+def test_a_checkpoint_resumes_on_another_device_loaded_through_the_cpu(tmp_path, monkeypatch):
+    """On a GPU, loading with map_location=<the GPU> made the saved CPU RNG state a GPU tensor, which
+    torch.set_rng_state refuses. The meta device stands in for the GPU here."""
+    feats = tiny_features()
+    run = train(tiny_config(), "r", runs=tmp_path, features=feats)
+    monkeypatch.setattr(trainer, "_device", lambda name: torch.device("meta"))
+    table = trainer.fit(tiny_config(), *feats, run / "seed0", seed=0, resume=True)
+    final = json.loads((run / "seed0" / "metrics.json").read_text())
+    assert table.loc["a", "image_AUROC"] == final["a"]["image_AUROC"]
+
+
+# ----------------------------------------------------------------------------- config mistakes (issue 13)
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=-5", "train.steps=-5: must be an integer ≥ 1"),
+    ("train.steps=2.5", "train.steps=2.5: expected an integer"),
+    ("train.steps=abc", "train.steps='abc': expected an integer"),
+    ("train.batch_size=0", "train.batch_size=0: must be an integer ≥ 1"),
+    ("eval.every=0", "eval.every=0: must be an integer ≥ 1"),
+    ("train.lr=0", "train.lr=0: must be a finite number > 0"),
+    ("train.seeds=[0.5]", "train.seeds=[0.5]: expected a list of integers"),
+    ("train.mode=joint", "train.mode='joint': must be 'unified' or 'separate'"),
+    ("model.name=unet", "model.name='unet': must be a registered model"),
+    ("data.dataset=imagenet", "data.dataset='imagenet': must be one of mini"),
+    ("train.amp=maybe", "train.amp='maybe': expected true or false"),
+])
+def test_bad_config_values_are_one_line_errors_naming_the_field(override, message):
+    with pytest.raises(ValueError) as error:
+        Config.load(None, [override])
+    assert str(error.value).startswith(f"--set: {message}") and "\n" not in str(error.value)
+
+
+def test_a_bad_config_leaves_no_run_folder(tmp_path):
+    feats = tiny_features()
+    for field, value in [("steps", -5), ("batch_size", 0), ("steps", 2.5)]:
+        cfg = tiny_config()
+        setattr(cfg.train, field, value)  # changed in Python: train() checks again
+        with pytest.raises(ValueError, match=f"train.{field}={value}"):
+            train(cfg, "bad", runs=tmp_path, features=feats)
+    cfg = tiny_config()
+    cfg.model.args["no_such_field"] = 1  # caught by building the model before the folder is made
+    with pytest.raises(ValueError, match="model.args=.*no_such_field"):
+        train(cfg, "bad", runs=tmp_path, features=feats)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("model: {name: uniad\n", "not valid YAML at line 2"),
+                                           ("- a list\n", "not key: value pairs"),
+                                           ("train: 5\n", "section 'train' must hold key: value pairs"),
+                                           ("train: {steps: -1}\n", "train.steps=-1: must be")])
+def test_empty_or_malformed_yaml_is_an_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        Config.load(path, ["eval.every=5"])
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_set_values_are_read_as_their_field_type():
+    for root in ("/data/mv #2", "/data/a: b", "[not a list]"):  # a text field takes the text as it is
+        assert Config.load(None, [f"data.root={root}"]).data.root == root
+    cfg = Config.load(None, ["data.root=null", "eval.pool=null", "data.synthetic=[confetti]", "data.synthetic_copies=2"])
+    assert cfg.data.root is None and cfg.eval.pool is None and cfg.data.synthetic == ["confetti"]
+    typed = Config.load(None, {"data.root": "/data/a: b", "train.seeds": [3]})  # values from Python, not text
+    assert typed.data.root == "/data/a: b" and typed.train.seeds == [3]
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", "/abs", "..", ""])
+def test_a_run_name_cannot_leave_runs(tmp_path, name):
+    with pytest.raises(ValueError, match="plain folder name"):
+        train(tiny_config(), name, runs=tmp_path / "runs", features=tiny_features())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_a_config_that_differs_from_the_saved_one(tmp_path):
+    feats = tiny_features()
+    run = train(tiny_config(), "r", runs=tmp_path, features=feats)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"made with train.steps=6 \(asked: 8\).*--name"):
+        train(tiny_config(steps=8), "r", runs=tmp_path, features=feats, resume=True)
+    assert (run / "config.yaml").read_text() == before
+    assert train(tiny_config(), "r", runs=tmp_path, features=feats, resume=True) == run  # the same config: fine

@@ -2,7 +2,7 @@
 
     view, mask = confetti(image, np.random.default_rng(0))   # (H, W, 3) uint8 -> uint8, (H, W) bool
 
-ADTR+ (ADTR §3.4; method-specs-adtr-haloae.md §1.4) adds confetti noise to normal MVTec training
+ADTR+ (notebooks/SOURCES.md §4.4; [secondary]: from reading notes of the paper) adds confetti noise to normal MVTec training
 images and trains its push-pull loss on the noise footprint. ADTR gives no parameters of its own
 (not found), so we take FCDD's "confetti" noise mode (``fcdd/datasets/noise_modes.py`` @ 452b078,
 ``noise.py`` and ``online_supervisor.py`` @ 308dafb), written here from its description:

@@ -1,4 +1,4 @@
-"""CutPaste views (Li et al., CVPR 2021) as used by HaloAE's SSL task (method-specs §2.4).
+"""CutPaste views (Li et al., CVPR 2021) as used by HaloAE's SSL task (notebooks/SOURCES.md §5.4).
 
     view, mask = cutpaste_normal(image, rng)   # (H, W, 3) uint8 -> (H, W, 3) uint8, (H, W) bool
     view, mask = cutpaste_scar(image, rng)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,9 @@ def mvtec_records(root: str | Path, split: str, classes: Sequence[str] | None = 
              "dataset with `python -m adnotes data mini --root DIR`.")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    # a class folder has a train or a test split (one without train/good images is an error below)
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir()) \
+        if root.is_dir() else []
     if not found:
         raise _missing(root, "A dataset in the MVTec-AD layout", MVTEC_LAYOUT, where)
     classes = list(classes) if classes is not None else found
@@ -82,6 +85,11 @@ def mvtec_records(root: str | Path, split: str, classes: Sequence[str] | None = 
 
     records = []
     for cls in classes:
+        normal = root / cls / "train" / "good"
+        if not (normal.is_dir() and _images(normal)):
+            raise _missing(normal, f"No normal training images of class {cls!r}", MVTEC_LAYOUT,
+                           "Every class needs its train/good images; add them, or leave the class out "
+                           "(classes=[...], config data.classes).")
         split_dir = root / cls / split
         if not split_dir.is_dir():
             raise _missing(split_dir, f"The {split} split of class {cls!r}", MVTEC_LAYOUT, where)
@@ -162,11 +170,41 @@ def cifar10_records(root: str | Path, split: str, normal: Sequence[int]) -> list
                            "  <root>/data_batch_1 … data_batch_5, <root>/test_batch",
                            "Get it with `python -m adnotes data get cifar10 --root DIR` "
                            "(https://www.cs.toronto.edu/~kriz/cifar.html).")
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = _load_batch(path)
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[b"labels"]))
     return _semantic(np.concatenate(images), np.concatenate(labels), split, normal, "cifar10")
+
+
+# The only globals a CIFAR-10 batch names: numpy's array reconstruction (numpy 1 and 2 spell its
+# module differently) and, in pickles of protocol 2 written by Python 3, the bytes codec.
+_BATCH_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: any other global (a function to call, a
+    class to build) is refused before it is looked up, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch: a dict with b"data" (N, 3072) uint8 and b"labels" (N,)."""
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # a refused global, a truncated or foreign file
+        raise ValueError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); it was not "
+                         "executed. Delete the folder and get it again with "
+                         "`python -m adnotes data get cifar10 --root DIR`.") from None
+    if not (isinstance(batch, dict) and {b"data", b"labels"} <= set(batch)):
+        raise ValueError(f"{path} is not a CIFAR-10 batch (expected a dict with b'data' and b'labels'); "
+                         "get it again with `python -m adnotes data get cifar10 --root DIR`.")
+    return batch
 
 
 def digits_records(split: str, normal: Sequence[int], seed: int = 0) -> list[Record]:
@@ -231,19 +269,18 @@ class ADDataset(Dataset):
         r = self.records[index]
         if isinstance(r.image, np.ndarray):
             return Image.fromarray(r.image)
-        return _open(r.image).convert("RGB")
+        return _rgb(_open(r.image), r.image)
 
     def load_mask(self, index: int, size: tuple[int, int]) -> np.ndarray:
         """The (H, W) bool mask (any non-zero pixel is defect) at the stored image's ``size`` (W, H)."""
         r = self.records[index]
         if r.mask is None:
             return np.zeros(size[::-1], dtype=bool)
-        mask = Image.fromarray(np.asarray(r.mask, dtype=np.uint8) * 255) if isinstance(r.mask, np.ndarray) \
-            else _open(r.mask).convert("L")
-        if mask.size != size:
-            raise ValueError(f"mask {r.mask} is {mask.size[0]}×{mask.size[1]} but its image {r.image} "
+        mask = np.asarray(r.mask, dtype=bool) if isinstance(r.mask, np.ndarray) else _nonzero(_open(r.mask))
+        if mask.shape != size[::-1]:
+            raise ValueError(f"mask {r.mask} is {mask.shape[1]}×{mask.shape[0]} but its image {r.image} "
                              f"is {size[0]}×{size[1]}: they must have the same size")
-        return np.asarray(mask) > 0  # MVTec: 0/255; VisA: region ids
+        return mask
 
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
@@ -280,11 +317,47 @@ class ADDataset(Dataset):
 
 def _open(path: Path) -> Image.Image:
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():  # Pillow only warns between 1× and 2× its pixel limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"image {path} is too large to read safely ({e}); resize it to at most "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels.") from None
     except (OSError, UnidentifiedImageError) as e:
         raise ValueError(f"cannot read image {path}: {e}. Replace or delete the file.") from None
     return image
+
+
+_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # I: 32-bit integers, as some 16-bit files are read
+
+
+def _rgb(image: Image.Image, path: Path) -> Image.Image:
+    """An image of any common Pillow mode as 8-bit RGB. 16-bit greyscale is scaled by 255/65535
+    (Pillow's own conversion clips it at 255); floating point (F) has no agreed range: refused."""
+    if image.mode in _16BIT:
+        a = np.asarray(image).astype(np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise ValueError(f"image {path} (mode {image.mode}) holds values {a.min()}..{a.max()}, outside "
+                             "16 bits; save it as an 8- or 16-bit image.")
+        image = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))  # round(v · 255 / 65535)
+    elif image.mode == "F":
+        raise ValueError(f"image {path} is floating point (mode F), which has no agreed value range; "
+                         "save it as an 8- or 16-bit image.")
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise ValueError(f"cannot convert image {path} from mode {image.mode} to RGB ({e}); save it as an "
+                         "8- or 16-bit greyscale or RGB image.") from None
+
+
+def _nonzero(mask: Image.Image) -> np.ndarray:
+    """(H, W) bool: a pixel is defect when its stored value is non-zero (MVTec: 0/255, VisA: region
+    ids, also as palette indices or 16-bit); colour masks: any colour channel, alpha ignored."""
+    if mask.mode not in ("1", "L", "P", "F", *_16BIT):
+        mask = mask.convert("RGB")
+    a = np.asarray(mask)
+    return a.any(axis=-1) if a.ndim == 3 else a != 0
 
 
 # --------------------------------------------------------------------------- by name
@@ -308,10 +381,11 @@ def load_dataset(name: str, split: str, *, root: str | Path | None = None,
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root) if root is not None else data_dir() / folders.get(name, "")
     if name == "mini":
-        from .mini import MANIFEST_NAME, make_mini
+        from .mini import MANIFEST_NAME, check_mini, make_mini
 
         if not (root / MANIFEST_NAME).is_file():
             make_mini(root)  # default parameters; `python -m adnotes data mini` makes other sizes
+        check_mini(root)
         records = mvtec_records(root, split, classes)
     elif name == "mvtec":
         records = mvtec_records(root, split, classes)

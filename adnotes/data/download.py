@@ -14,10 +14,13 @@ Conventions:
   is renamed to its final name only once complete.
 - The sha256 of an archive is checked every time it is used, also when it was already on disk.
   A mismatch is an error that names the file, both hashes and what to do; it is never "repaired".
-- Extraction refuses members that would land outside the target folder (absolute paths, `..`,
-  links pointing outside), and unpacks into a temporary folder inside <root> that is moved into
-  place at the end, so a failure leaves nothing half-written. A non-empty dataset folder is never
-  replaced unless force=True.
+- Extraction admits regular files and folders only: a link of any kind (the datasets hold none),
+  a device or a fifo is refused, and so is a member that would land outside the target folder
+  (absolute path, `..`). With no links on disk a path cannot be redirected, so the link-chain
+  escapes of tarfile's own filter (CVE-2025-4517) cannot happen. Everything unpacks into a
+  temporary folder inside <root> that is checked again and moved into place at the end, so a
+  failure leaves nothing half-written. A non-empty dataset folder is never replaced unless
+  force=True.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -204,6 +208,7 @@ def extract(archive: str | Path, dest: str | Path, *, expect: Sequence[str] = ()
         entries = list(content.iterdir())
         if len(entries) == 1 and entries[0].name == dest.name and entries[0].is_dir():
             content = entries[0]
+        _check_tree(content, archive)  # the final paths, after the unwrap
         missing = [p for p in expect if not (content / p).exists()]
         if missing:
             raise ValueError(f"{archive} does not have the expected layout: {missing[0]!r} "
@@ -215,41 +220,53 @@ def extract(archive: str | Path, dest: str | Path, *, expect: Sequence[str] = ()
 
 
 def _unpack(archive: Path, dest: Path) -> None:
-    """Extract member by member, each checked against what is already on disk (see _inside)."""
+    """Extract member by member; each is checked (see _check_member) before it is written."""
     dest.mkdir()
     root = os.path.realpath(dest)
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             for info in tqdm(zf.infolist(), desc=f"extract {archive.name}", unit="file"):
-                _inside(info.filename, root, archive, repr(info.filename))
+                kind = stat.S_IFMT(info.external_attr >> 16)  # Unix mode; 0 when made elsewhere
+                _check_member(archive, info.filename, root, kind in (0, stat.S_IFREG, stat.S_IFDIR),
+                              "a symbolic link" if kind == stat.S_IFLNK else "not a file or folder")
                 zf.extract(info, dest)
         return
     # Python >= 3.12 (and 3.10.12+/3.11.4+) also ship tarfile's own "data" filter: use it too.
     data_filter = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(archive, "r:*") as tf:
         for member in tqdm(tf, desc=f"extract {archive.name}", unit="file"):  # one streaming pass
-            _inside(member.name, root, archive, repr(member.name))
-            link = f"{member.name!r} (a link to {member.linkname!r})"
-            if member.issym():  # relative to the link's folder
-                target = os.path.join(os.path.dirname(member.name), member.linkname)
-                _inside(target, root, archive, link)
-            elif member.islnk():  # relative to the archive root
-                _inside(member.linkname, root, archive, link)
-            elif not (member.isfile() or member.isdir()):
-                raise ValueError(f"Refusing to extract {archive}: member {member.name!r} is a "
-                                 "device or fifo. Delete the archive and download it again.")
+            what = (f"a symbolic link (to {member.linkname!r})" if member.issym() else
+                    f"a hard link (to {member.linkname!r})" if member.islnk() else "a device or fifo")
+            _check_member(archive, member.name, root, member.isfile() or member.isdir(), what)
             tf.extract(member, dest, **data_filter)
 
 
-def _inside(relpath: str, root: str, archive: Path, member: str) -> None:
-    """Raise unless `root/relpath` resolves inside root; realpath also follows links already
-    extracted, which catches chains such as a -> . then b -> a/.. that a purely textual
-    check would let through."""
-    path = os.path.realpath(os.path.join(root, relpath))
-    if os.path.isabs(relpath) or os.path.commonpath([root, path]) != root:
-        raise ValueError(f"Refusing to extract {archive}: member {member} points outside the "
-                         "target folder (absolute path, '..' or link). The archive is corrupt or "
+def _check_member(archive: Path, name: str, root: str, plain: bool, what: str) -> None:
+    """Refuse a member that is not a regular file or folder, or whose path leaves root. Nothing
+    before it created a link, so the path is read as written: no link can redirect it."""
+    if not plain:
+        raise ValueError(f"Refusing to extract {archive}: member {name!r} is {what}; the datasets "
+                         "hold only files and folders. The archive is corrupt or malicious; delete "
+                         "it and download it again.")
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.isabs(name) or os.path.commonpath([root, path]) != root:
+        raise ValueError(f"Refusing to extract {archive}: member {name!r} points outside the "
+                         "target folder (absolute path or '..'). The archive is corrupt or "
                          "malicious; delete it and download it again.")
+
+
+def _check_tree(folder: Path, archive: Path) -> None:
+    """Every path under the unpacked folder is a regular file or folder inside it (links never)."""
+    root = os.path.realpath(folder)
+    for parent, dirs, files in os.walk(folder):  # does not follow links
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            mode = os.lstat(path).st_mode
+            inside = os.path.commonpath([root, os.path.realpath(path)]) == root
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not inside:
+                raise ValueError(f"Refusing to extract {archive}: {os.path.relpath(path, folder)!r} "
+                                 "is not a plain file or folder inside the target after unpacking; "
+                                 "nothing was written. Delete the archive and download it again.")
 
 
 def convert_visa(visa_root: str | Path, out_root: str | Path, *, force: bool = False) -> Path:

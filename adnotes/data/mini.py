@@ -8,6 +8,7 @@ MVTec-AD layout so the same loaders read it::
     <root>/<class>/test/good/000.png
     <root>/<class>/test/<defect_type>/000.png
     <root>/<class>/ground_truth/<defect_type>/000_mask.png      (binary 0/255, same H x W)
+    <root>/<class>/twins/<defect_type>/000.png                  (the same crop without its defect)
     <root>/adnotes_mini.json                                    (manifest, see below)
 
 Conventions:
@@ -28,7 +29,7 @@ Conventions:
   files. Boxes are ``[x0, y0, x1, y1]`` in pixels, half-open.
 * ``adnotes_mini.json`` holds the generator version, seed and parameters (``params``), the photo
   and tiles of every class (``classes``), and one row per image (``images``: file, mask, crop box
-  and affine map, defect type, bbox, area, strength, donor), so
+  and affine map, defect type, bbox, area, strength, donor, twin), so
   ``pandas.DataFrame(manifest["images"])`` is a ready-made table of the dataset.
 """
 from __future__ import annotations
@@ -46,10 +47,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-__all__ = ["CLASSES", "DEFECT_TYPES", "SIZES", "MiniSettings", "make_mini", "apply_defect",
+__all__ = ["CLASSES", "DEFECT_TYPES", "twin_path", "twin_records", "SIZES", "MiniSettings", "make_mini", "apply_defect",
            "source_images", "MANIFEST_NAME", "GENERATOR_VERSION"]
 
-GENERATOR_VERSION = 2  # bump whenever the generated pixels change for the same parameters
+GENERATOR_VERSION = 3  # 3: clean twins of the defective test images. Bump whenever the generated pixels change for the same parameters
 MANIFEST_NAME = "adnotes_mini.json"
 SIZES = {"small": 20, "default": 60, "large": 120}  # test images per class; half of them defective
 DEFECT_TYPES = ("foreign_patch", "scratch", "hole", "stain", "deformation")
@@ -402,19 +403,20 @@ def _save_png(array: np.ndarray, path: Path, level: int) -> None:
 
 
 def _defective_crop(name: str, kind: str, image_size: int, s: MiniSettings, rng: np.random.Generator
-                    ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A test crop with one defect of ``kind``, its mask and record. A crop that cannot show the
-    defect (a swirl of flat sky, a smooth surface pasted onto itself) is replaced by another."""
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """A test crop with one defect of ``kind``, its mask, its clean twin (the same crop without the
+    defect) and record. A crop that cannot show the defect (a swirl of flat sky, a smooth surface
+    pasted onto itself) is replaced by another."""
     for _ in range(5):
-        image, record = _crop(name, 1, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
+        clean, record = _crop(name, 1, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
         donor = None
         if kind == "foreign_patch":
             donor, record["donor"] = _donor(name, rng.random() < s.similar_donor, image_size, s, rng)
         try:
-            image, mask, record["strength"] = _apply_defect(image, kind, rng, donor, None, s)
+            image, mask, record["strength"] = _apply_defect(clean, kind, rng, donor, None, s)
         except RuntimeError:
             continue
-        return image, mask, record
+        return image, mask, clean, record
     raise RuntimeError(f"could not place a visible {kind} on 5 crops of {name}")
 
 
@@ -432,22 +434,48 @@ def _generate(folder: Path, seed: int, counts: dict[str, int], image_size: int, 
             split_index = ("train", "test").index(split)
             rng = np.random.default_rng([seed, c, split_index, (("good",) + DEFECT_TYPES).index(kind), i])
             file = f"{name}/{split}/{kind}/{i:03d}.png"
-            row = {"class": name, "split": split, "defect_type": kind, "file": file, "mask": None,
+            row = {"class": name, "split": split, "defect_type": kind, "file": file, "mask": None, "twin": None,
                    "bbox": None, "area": 0, "strength": None, "donor": None}  # + crop, affine
             if kind == "good":
                 image, record = _crop(name, split_index, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
             else:
-                image, mask, record = _defective_crop(name, kind, image_size, s, rng)
+                image, mask, clean, record = _defective_crop(name, kind, image_size, s, rng)
                 ys, xs = np.nonzero(mask)
                 row.update(mask=f"{name}/ground_truth/{kind}/{i:03d}_mask.png", area=int(mask.sum()),
-                           bbox=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+                           bbox=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                           twin=twin_path(name, kind, f"{i:03d}.png"))
                 record["strength"] = round(record["strength"], 4)
                 _save_png(mask.astype(np.uint8) * 255, folder / row["mask"], s.png_compress_level)
+                _save_png(clean, folder / row["twin"], s.png_compress_level)
             row.update(record)
             _save_png(image, folder / file, s.png_compress_level)
             rows.append(row)
             bar.update()
     return rows
+
+
+def twin_path(cls: str, defect: str, name: str) -> str:
+    """Where the clean twin of the defective test image ``<cls>/test/<defect>/<name>`` is, relative to the root:
+    beside the MVTec folders (``twins/`` is no split or class folder), so the loaders never see it."""
+    return f"{cls}/twins/{defect}/{name}"
+
+
+def twin_records(test_records: list) -> list:
+    """Records of the clean twins of a test split's defective images, in the split's order (label 0, the
+    defect type kept): what :func:`adnotes.copying.twin_probe` pairs with the defective images."""
+    from .datasets import Record
+
+    records = []
+    for r in test_records:
+        if r.label:
+            root, cls = r.image.parents[3], r.image.parents[2].name  # <root>/<cls>/test/<defect>/<name>
+            path = root / twin_path(cls, r.defect, r.image.name)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no clean twin of {r.image} at {path}: twins exist only in adnotes-mini made by generator "
+                    f"version >= 3. Delete {root} and run `python -m adnotes data mini --root {root}` to remake it.")
+            records.append(Record(path, 0, r.cls, r.defect))
+    return records
 
 
 def _params(seed: int, size: str | int, image_size: int, settings: MiniSettings) -> dict:
@@ -479,6 +507,7 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
             raise RuntimeError(f"{manifest} is unreadable ({error}). If {root} is an old "
                                "adnotes-mini, delete that folder; otherwise pick another root.") from None
         if found == params:
+            check_mini(root)
             return root
         changed = sorted(k for k in set(found) | set(params) if found.get(k) != params.get(k))
         raise RuntimeError(
@@ -510,3 +539,20 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return root
+
+
+def check_mini(root: str | Path) -> None:
+    """Raise unless every file the manifest of adnotes-mini at ``root`` lists (image, mask, clean
+    twin) is there: a folder with a file deleted is not a usable dataset."""
+    root = Path(root)
+    try:
+        rows = json.loads((root / MANIFEST_NAME).read_text())["images"]
+    except (OSError, ValueError, KeyError) as error:
+        raise RuntimeError(f"{root / MANIFEST_NAME} is unreadable ({error}); delete {root} to regenerate "
+                           "adnotes-mini.") from None
+    listed = [row[key] for row in rows for key in ("file", "mask", "twin") if row.get(key)]
+    if missing := [rel for rel in listed if not (root / rel).is_file()]:
+        raise FileNotFoundError(
+            f"{root} is an incomplete adnotes-mini: {missing[0]} and {len(missing) - 1} more of the "
+            f"{len(listed)} files {MANIFEST_NAME} lists are missing. Delete {root} to regenerate it "
+            "(on first use, or `python -m adnotes data mini`).")

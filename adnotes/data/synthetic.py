@@ -2,9 +2,9 @@
 
 Two seed methods train on more than normal images:
 
-- ADTR+ (ADTR §3.4) adds FCDD's *confetti noise* to normal images and trains its push–pull loss on
+- ADTR+ (notebooks/SOURCES.md §4.4) adds FCDD's *confetti noise* to normal images and trains its push–pull loss on
   the noise footprint (pixel labels): :mod:`adnotes.data.confetti`.
-- HaloAE (§3.2) classifies CutPaste views against the originals (image labels):
+- HaloAE (notebooks/SOURCES.md §5.4) classifies CutPaste views against the originals (image labels):
   :mod:`adnotes.data.cutpaste`.
 
 ``mini_defects`` draws the offline dataset's own defect types (:func:`adnotes.data.mini.apply_defect`)

@@ -4,13 +4,13 @@
     rec = model(features)                                     # (B, C_in, H, W) -> (B, C_in, H, W)
     loss = model.training_loss(features, rec, batch, progress)  # the loss that config.loss names
 
-Sources (``shared/papers/method-specs-adtr-haloae.md`` §1): only the abstract and introduction
-were read first-hand. Everything else, including the loss formulas and the training schedule, is
+Sources (notebooks/SOURCES.md §4; the section numbers § in this file are that file's): only the
+abstract and introduction were read first-hand. Everything else, including the loss formulas and the training schedule, is
 [secondary]: from two independent reading notes of arXiv 2209.01816v3, which agree on every number
 used here. There is no official code. Settings no source gives are marked "not found for ADTR";
 they take UniAD's defaults (same first author, successor paper).
 
-Pipeline (§1.1). The frozen EfficientNet-B4 stages 1-5 (24+32+56+160+448 = 720 channels) are
+Pipeline (§4.1). The frozen EfficientNet-B4 stages 1-5 (24+32+56+160+448 = 720 channels) are
 resized to one grid and concatenated (:class:`adnotes.backbone.Backbone`). Tokens go through a 1×1
 conv C_in -> 256, a transformer encoder and decoder, and a 1×1 conv 256 -> C_in back. It is the
 vanilla transformer with a query embedding (UniAD App. B.1), built from UniAD's layers:
@@ -22,11 +22,13 @@ vanilla transformer with a query embedding (UniAD App. B.1), built from UniAD's 
 - a learned position embedding is added to queries and keys of *every* attention (appendix).
 
 A 1×1 conv on a feature map is a Linear on its tokens; we use Linear (as UniAD does), so the
-parameter count is that of the conv. Why the query matters (§1.2): with the query as input the
-decoder cannot copy its input ("identical shortcut"); it must rebuild normal features from
-attention over the encoder's tokens, and anomalous ones come out wrong.
+parameter count is that of the conv. Why the query (§4.2): with a learned query as the decoder's
+input, copying needs attention close to the identity, which a query fitted to normal data should
+not give anomalous tokens (the paper's argument, as UniAD §3.1 Eq. 2). It makes copying harder,
+not impossible: UniAD §3.1 says the transformer with a query still suffers from the shortcut, and
+our quick ADTR hands about a third of a transplanted patch through (copy gain, `adnotes.copying`).
 
-Losses (§1.3; d = f - f̂, C channels, HW positions, one term per image, averaged over the batch):
+Losses (§4.3; d = f - f̂, C channels, HW positions, one term per image, averaged over the batch):
 
     "mse"             UniAD's feature MSE, mean over C·H·W (the shared objective); normal images only
     "norm"            Eq. 1 as printed: (1/HW)·‖f - f̂‖₂², sum over channels = C × "mse"
@@ -53,7 +55,7 @@ and pulling it toward a small error teaches the model to reconstruct the anomaly
 also drops small blobs (an 8-px confetti square is a quarter of a 16-px cell) and leaves such
 images with no push at all.
 
-Inference (§1.6): anomaly map ‖f - f̂‖₂ over channels, the shared "mse" map (``map_kind``), and
+Inference (§4.6): anomaly map ‖f - f̂‖₂ over channels, the shared "mse" map (``map_kind``), and
 image score = max of the average-pooled map (the trainer's ``eval.pool``; UniAD's 16, ADTR's
 kernel is not found).
 
@@ -78,9 +80,9 @@ __all__ = ["ADTRConfig", "ADTR", "PRESETS", "LOSSES", "PUBLISHED", "loss_norm", 
 
 LOSSES = ("mse", "norm", "pushpull_pixel", "pushpull_image")
 
-# Reported numbers (§1.7), for the method zoo (adnotes.zoo); values in %. [secondary]: read from two
-# reading notes of the paper, not from the PDF (method-specs-adtr-haloae.md §1.0, §1.7).
-_NOTES = "[secondary: reading notes, method-specs-adtr-haloae.md §1.7]"
+# Reported numbers (§4.7), for the method zoo (adnotes.zoo); values in %. [secondary]: read from two
+# reading notes of the paper, not from the PDF (§4.0, §4.7).
+_NOTES = "[secondary: reading notes of the paper, notebooks/SOURCES.md §4.7]"
 PUBLISHED = [
     {"method": "ADTR", "dataset": "MVTec-AD", "setting": "one model per class, normal images only, EfficientNet-B4",
      "image_AUROC": 96.4, "pixel_AUROC": 97.2, "source": f"ADTR paper, Tab. 2 / Tab. 1 {_NOTES}"},
@@ -103,21 +105,21 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class ADTRConfig:
-    in_channels: int = 720                   # EfficientNet-B4 stages 1-5: 24+32+56+160+448 (§1.1)
+    in_channels: int = 720                   # EfficientNet-B4 stages 1-5: 24+32+56+160+448 (§4.1)
     feature_size: int | tuple[int, int] = 16  # MVTec 256 px, main text (16×16); the appendix says
     #                                          32×32 (stride 8): a config alternative, feature_size=32
-    hidden_dim: int = 256                    # 1×1 conv 720 -> 256 (§1.1)
-    num_encoder_layers: int = 4              # §1.1
-    num_decoder_layers: int = 4              # §1.1
-    num_heads: int = 8                       # §1.1
-    ffn_dim: int = 1024                      # §1.1
+    hidden_dim: int = 256                    # 1×1 conv 720 -> 256 (§4.1)
+    num_encoder_layers: int = 4              # §4.1
+    num_decoder_layers: int = 4              # §4.1
+    num_heads: int = 8                       # §4.1
+    ffn_dim: int = 1024                      # §4.1
     dropout: float = 0.1                     # not found for ADTR: UniAD's (attention, residuals, FFN)
-    loss: str = "mse"                        # one of LOSSES (§1.3), read by training_loss
+    loss: str = "mse"                        # one of LOSSES (§4.3), read by training_loss
     alpha: float = 0.003                     # α of Eq. 7 and Eq. 9 (MVTec / CIFAR-10)
     top_k: int = 20                          # k of Eq. 8 (CIFAR-10, 8×8 = 64 positions)
     eps: float = 1e-6                        # log guard: 1 - exp(-s) clamped at eps (ours, not in the paper)
     mask_threshold: float = 0.0              # cell anomalous if > this fraction of its pixels are (ours; 0 = any)
-    map_kind: str = "mse"                    # ‖f - f̂‖₂ over channels (§1.6); for the trainer
+    map_kind: str = "mse"                    # ‖f - f̂‖₂ over channels (§4.6); for the trainer
 
     def __post_init__(self) -> None:
         self.feature_size = _pair(self.feature_size, "feature_size")
@@ -150,7 +152,7 @@ class ADTRConfig:
         return cls(**{**PRESETS[name], **fields_})
 
 
-# ----------------------------------------------------------------------------- losses (§1.3)
+# ----------------------------------------------------------------------------- losses (§4.3)
 def _check_pair(features: Tensor, reconstructed: Tensor) -> None:
     if features.shape != reconstructed.shape or features.ndim != 4:
         raise ValueError(f"expected features and reconstruction as two (B, C, H, W) tensors of one shape, "
@@ -237,7 +239,7 @@ class ADTR(nn.Module):
         def attention() -> nn.Module:  # full multi-head attention, position embedding on q and k
             return NeighborMaskedAttention(dim, c.num_heads, c.dropout)
 
-        self.input_proj = nn.Linear(c.in_channels, dim)            # 1×1 conv C_in -> C (§1.1)
+        self.input_proj = nn.Linear(c.in_channels, dim)            # 1×1 conv C_in -> C (§4.1)
         self.pos_embed = PositionEmbedding(h, w, dim)              # learned, every attention (appendix)
         self.query_embed = nn.Parameter(torch.empty(h * w, dim))   # one learned query per position
         self.encoder = nn.ModuleList(EncoderLayer(attention(), dim, c.ffn_dim, c.dropout)
@@ -246,7 +248,7 @@ class ADTR(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(attention(), attention(), "vanilla", dim, c.ffn_dim, c.dropout)
                                      for _ in range(c.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(dim)                      # not found for ADTR: DETR / UniAD's final norm
-        self.output_proj = nn.Linear(dim, c.in_channels)           # 1×1 conv C -> C_in (§1.1)
+        self.output_proj = nn.Linear(dim, c.in_channels)           # 1×1 conv C -> C_in (§4.1)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -4,7 +4,7 @@
     rec = model(features)                                   # (B, 192, 14, 14) -> (B, 192, 14, 14)
 
 A ResNet-34 body turned into a same-resolution feature reconstructor, the baseline that shows the
-"identical shortcut" (UniAD Fig. 1, Tab. 1: it learns to copy anomalies too):
+"identical shortcut" (UniAD §3.1, Fig. 2: it learns to copy anomalies too):
 
 - 1x1 conv C_in -> C (App. B.3, "1x1 convolution for CNN" as the channel reduction);
 - ResNet-34 stages 1-4, BasicBlocks with depths 3, 4, 6, 3, with the stem (7x7 conv, BN, ReLU,
@@ -14,7 +14,7 @@ A ResNet-34 body turned into a same-resolution feature reconstructor, the baseli
 
 A block whose width changes gets a 1x1 conv + BN shortcut, as in ResNet. The output has no
 activation: it regresses features. Init follows UniAD's ``initializer: xavier_uniform`` for every
-conv (`method-specs.md` §2.2, item 8), BatchNorm weight 1 and bias 0. The loss, the anomaly map
+conv (official code: notebooks/SOURCES.md §2.4, item 7), BatchNorm weight 1 and bias 0. The loss, the anomaly map
 and the training loop are shared code; this file only holds the network.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from adnotes.models import register
 
 @dataclass
 class CNNConfig:
-    in_channels: int = 272  # C_org: EfficientNet-B4 stages 1-4, 24+32+56+160 (UniAD §4.1); Lite0: 192
+    in_channels: int = 272  # C_org: EfficientNet-B4 stages 1-4, 24+32+56+160 (UniAD §4.2); Lite0: 192
     hidden: int = 256  # C, the reduced channel dimension (App. B.1 point 3, App. B.3)
     depths: tuple[int, ...] = (3, 4, 6, 3)  # BasicBlocks per stage, ResNet-34 (App. B.1)
 

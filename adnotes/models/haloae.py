@@ -5,32 +5,33 @@
     loss = model.training_loss(features, rec, batch, progress)
     maps = model.anomaly_map(features, rec)       # (B, h, w), eq. 6
 
-The whole model is in this file (block letters of the paper's Fig. 2; sections of
-``shared/papers/method-specs-adtr-haloae.md`` §2; "code" = IARCbioinfo/HaloAE @ 1ed45f7):
+The whole model is in this file (block letters of the paper's Fig. 2; § = sections of
+notebooks/SOURCES.md §5; "code" = IARCbioinfo/HaloAE @ 1ed45f7):
 
 - B (not here): a frozen multi-scale feature map, VGG19 relu1_1 + relu2_1 + relu3_1 + relu3_4 =
   704 channels at 64×64 for 256² images (:class:`adnotes.backbone.VGG19Taps`).
-- C: HaloNet auto-encoder on that map (§2.2). Encoder: 5×5 conv without padding (64 -> 60), then
+- C: HaloNet auto-encoder on that map (§5.2). Encoder: 5×5 conv without padding (64 -> 60), then
   4 bottleneck blocks whose middle is a :class:`HaloAttention` (block 12, halo 2, dim_head 16),
   widths 234 -> 117 -> 58 -> 29. Decoder: 5 such blocks built from transposed convs, widths
   29 -> 59 -> 118 -> 237 -> 704, then a nearest upsample back to the input grid (60 -> 64).
-- D: a "transposed VGG" from the reconstructed map to an image (§2.3): reflect-pad 3×3 convs
+- D: a "transposed VGG" from the reconstructed map to an image (§5.3): reflect-pad 3×3 convs
   704 -> 380 -> 190 -> 95 -> 47 -> 23 -> 3 -> 3, with two ×2 nearest upsamplings (64 -> 256).
 - E: a linear SSL head on the reconstructed image, Linear(3·256·256 -> 2): original (0) or
-  CutPaste view (1) (§2.4; the views come from :mod:`adnotes.data.cutpaste`).
+  CutPaste view (1) (§5.4; the views come from :mod:`adnotes.data.cutpaste`).
 
-Loss (§2.5): L = α1·CE + α2·(MSE + 1 − SSIM) on features + α3·(MSE + 1 − SSIM) on images, the
+Loss (§5.5): L = α1·CE + α2·(MSE + 1 − SSIM) on features + α3·(MSE + 1 − SSIM) on images, the
 reconstruction terms on the originals (label 0) only; the α follow the per-epoch inverse-logistic
-schedule of Fig. 3 (§2.6, :func:`loss_weights`). Anomaly map (eq. 6): channel-mean squared error
+schedule of Fig. 3 (§5.6, :func:`loss_weights`). Anomaly map (eq. 6): channel-mean squared error
 of the feature map. Eq. 7 (|A − mean A of normal train images|), the Gaussian blur and the image
 score (mean of the map) are the trainer's: ``eval.normalize: true``, ``eval.sigma``,
 ``eval.pool: null, eval.reduce: mean`` (configs/haloae_*.yaml).
 
-Code quirks (§2.9) and what we do:
+Code quirks (§5.9) and what we do:
 
 1. Inverted padding mask in HaloAttention (inherited from lucidrains/halonet-pytorch, issue #4):
    fixed here; ``inverted_mask=True`` reproduces it (attention becomes a box average; see
-   :class:`HaloAttention`). The paper's 91.4 / 91.2 were obtained WITH the bug.
+   :class:`HaloAttention`). The paper links this code, so its 91.4 / 91.2 were presumably obtained
+   with the bug: our inference, which we cannot check (§5.9).
 2. The eq. 7 reference map is the mean over the TEST set's good images in the code: not
    reproduced; the trainer uses the train split's normal images.
 3. max(AUC, 1 − AUC) for image AUROC: not reproduced (the one evaluation path reports AUC).
@@ -61,7 +62,7 @@ from . import register
 __all__ = ["HaloAEConfig", "HaloAE", "HaloAttention", "HaloBlock", "PRESETS", "PAPER_ALPHAS", "PUBLISHED",
            "inverse_logistic", "loss_weights", "ssim", "gaussian_window"]
 
-# §2.6 / code train.py: (a, b, c, d) of α̃1 (classification), α̃2 (feature map), α̃3 (image).
+# §5.6 / code train.py: (a, b, c, d) of α̃1 (classification), α̃2 (feature map), α̃3 (image).
 PAPER_ALPHAS: tuple[tuple[float, float, float, float], ...] = (
     (1.0, 0.4, 80.0, 0.07), (-1e-8, 1.2, 150.0, 0.05), (-1e-8, 2.0, 300.0, 0.05))
 
@@ -86,9 +87,9 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class HaloAEConfig:
-    in_channels: int = 704                   # C_in: VGG19 64 + 128 + 256 + 256 (§2.1)
+    in_channels: int = 704                   # C_in: VGG19 64 + 128 + 256 + 256 (§5.1)
     feature_size: int | tuple[int, int] | None = None  # (h, w) of the input grid if known (paper 64); checked early
-    head_kernel: int = 5                     # encoder head conv k×k, no padding: 64 -> 60 (§2.2)
+    head_kernel: int = 5                     # encoder head conv k×k, no padding: 64 -> 60 (§5.2)
     head_channels: int | None = None         # None: int(C_in / 3), code int(704 / 3) = 234
     encoder_multipliers: tuple[float, ...] = (1, 0.5, 0.5, 0.5)  # cumulative, int(): 234, 117, 58, 29
     encoder_heads: tuple[int, ...] = (4, 8, 8, 8)
@@ -96,10 +97,10 @@ class HaloAEConfig:
     decoder_multipliers: tuple[float, ...] = (1, 2.025, 2, 2.006, 2.97)  # width int(), output round()
     decoder_heads: tuple[int, ...] = (4, 8, 8, 8, 8)
     decoder_kernels: tuple[int, ...] = (3, 3, 3, 5, 1)  # transposed convs, size-preserving
-    block_size: int = 12                     # HaloAttention query block b (§2.2)
+    block_size: int = 12                     # HaloAttention query block b (§5.2)
     halo: int = 2                            # halo h: keys from the (b + 2h)² window around each block
     dim_head: int = 16
-    inverted_mask: bool = False              # True: the code's padding-mask bug (§2.9 quirk 1)
+    inverted_mask: bool = False              # True: the code's padding-mask bug (§5.9 quirk 1)
     final_relu: bool = True                  # the decoder's last block ends in ReLU (code; VGG features are ≥ 0)
     standardize: bool = False                # not in the paper: reconstruct per-channel standardised features
                                              # (stats of the first training batch, kept as buffers); see HaloAE
@@ -107,11 +108,11 @@ class HaloAEConfig:
     image_middle: int = 4                    # halving 3×3 layers (code n_layer_vgg): 380 -> ... -> 23
     image_tail: int = 2                      # tail layers, each followed by ×2 nearest upsampling
     image_size: int = 256                    # side of Îm (nearest-resized to it if grid·2^tail differs)
-    image_relu: bool = False                 # True: Îm ≥ 0 as in the code (§2.9 quirk 4)
-    num_classes: int = 2                     # SSL head: original / CutPaste view (§2.4)
-    schedule_epochs: float = 251             # x = progress · schedule_epochs in g(x; a, b, c, d) (§2.6)
+    image_relu: bool = False                 # True: Îm ≥ 0 as in the code (§5.9 quirk 4)
+    num_classes: int = 2                     # SSL head: original / CutPaste view (§5.4)
+    schedule_epochs: float = 251             # x = progress · schedule_epochs in g(x; a, b, c, d) (§5.6)
     alphas: tuple[tuple[float, float, float, float], ...] = PAPER_ALPHAS
-    ssim_window: int = 11                    # §2.5: 11×11 Gaussian window, σ 1.5, C1 0.01², C2 0.03²
+    ssim_window: int = 11                    # §5.5: 11×11 Gaussian window, σ 1.5, C1 0.01², C2 0.03²
     ssim_sigma: float = 1.5
     ssim_padding: str = "same"               # "same": zero padding, as the code's pytorch_ssim; "valid": skimage
 
@@ -145,7 +146,7 @@ class HaloAEConfig:
 
     @property
     def encoder_widths(self) -> list[int]:
-        """Widths after the head and each encoder block; code: int() at every step (§2.2)."""
+        """Widths after the head and each encoder block; code: int() at every step (§5.2)."""
         widths = [self.head_channels or int(self.in_channels / 3)]
         for m in self.encoder_multipliers:
             widths.append(int(widths[-1] * m))
@@ -186,7 +187,7 @@ def check_grid(cfg: HaloAEConfig, size: tuple[int, int]) -> None:
 
 # ----------------------------------------------------------------------------- attention
 class HaloAttention(nn.Module):
-    """Blocked local self-attention with a halo (HaloNet, Vaswani et al. 2021; code §2.2).
+    """Blocked local self-attention with a halo (HaloNet, Vaswani et al. 2021; code §5.2).
 
     The (H, W) map is cut into b×b query blocks; every query of a block attends to the keys and
     values of the (b + 2h)×(b + 2h) window around it (its block plus a halo of h pixels). Window
@@ -267,7 +268,7 @@ class HaloAttention(nn.Module):
 
 # ----------------------------------------------------------------------------- blocks
 class HaloBlock(nn.Module):
-    """HaloNet bottleneck, expansion 1 (§2.2): conv1×1 -> BN -> ReLU -> HaloAttention -> ReLU ->
+    """HaloNet bottleneck, expansion 1 (§5.2): conv1×1 -> BN -> ReLU -> HaloAttention -> ReLU ->
     conv k×k -> BN, + shortcut (identity, or conv1×1 + BN when the width changes) -> ReLU.
     ``transposed``: every conv is a ConvTranspose2d (the decoder). All convs without bias, stride 1."""
 
@@ -294,7 +295,7 @@ class HaloBlock(nn.Module):
 
 
 def _vgg_layer(c_in: int, c_out: int, relu: bool = True, upsample: bool = False) -> nn.Sequential:
-    """Block D layer (§2.3): ReflectionPad(1) -> conv3×3 (no padding) -> ReLU [-> ×2 nearest]."""
+    """Block D layer (§5.3): ReflectionPad(1) -> conv3×3 (no padding) -> ReLU [-> ×2 nearest]."""
     layers = [nn.ReflectionPad2d(1), nn.Conv2d(c_in, c_out, 3)]
     layers += [nn.ReLU()] if relu else []
     layers += [nn.Upsample(scale_factor=2, mode="nearest")] if upsample else []
@@ -309,7 +310,7 @@ def inverse_logistic(x: float, a: float, b: float, c: float, d: float) -> float:
 
 
 def loss_weights(epoch: float, alphas=PAPER_ALPHAS) -> tuple[float, float, float]:
-    """(α1, α2, α3) at ``epoch``: the three curves of :func:`inverse_logistic`, normalised to sum 1 (§2.6)."""
+    """(α1, α2, α3) at ``epoch``: the three curves of :func:`inverse_logistic`, normalised to sum 1 (§5.6)."""
     raw = [inverse_logistic(epoch, *p) for p in alphas]
     total = sum(raw)
     return tuple(r / total for r in raw)
@@ -330,9 +331,16 @@ def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5, padding: st
     pytorch_ssim); ``"valid"``: only where the window fits, like scikit-image's
     ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
     The constants assume a data range of 1 (the code uses them for features and normalised images alike).
+    Computed in float32 with autocast off: in bf16 the blurred moments lose the digits 1 − SSIM lives
+    in (SSIM came out 1.05 where float32 gives 0.99).
     """
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim(x.float(), y.float(), window, sigma, padding, c1, c2)
+
+
+def _ssim(x: Tensor, y: Tensor, window: int, sigma: float, padding: str, c1: float, c2: float) -> Tensor:
     C = x.shape[1]
     g = gaussian_window(window, sigma).to(x)
     pad = window // 2 if padding == "same" else 0
@@ -384,7 +392,7 @@ class HaloAE(nn.Module):
                                     final_relu=cfg.final_relu or i < last, **attn))
             c = out
         self.decoder = nn.Sequential(*blocks)
-        # Block D: the "transposed VGG" (§2.3).
+        # Block D: the "transposed VGG" (§5.3).
         layers, c = [_vgg_layer(cfg.in_channels, cfg.image_channels)], cfg.image_channels
         for _ in range(cfg.image_middle):
             layers.append(_vgg_layer(c, c // 2))
@@ -401,7 +409,7 @@ class HaloAE(nn.Module):
         self.register_buffer("feature_std", torch.ones(cfg.in_channels))
         self.register_buffer("feature_stats_set", torch.tensor(False))
         for part in (self.head, self.encoder, self.decoder, self.image_branch):
-            part.apply(self._init_weights)  # the classifier and position tables keep their init (§2.2)
+            part.apply(self._init_weights)  # the classifier and position tables keep their init (§5.2)
         self.last_losses: dict[str, Tensor] = {}
 
     @staticmethod
@@ -429,15 +437,17 @@ class HaloAE(nn.Module):
         """Block C: features (B, C_in, h, w) -> their reconstruction f̂m, same shape."""
         x = features
         if self.config.standardize:  # not in the paper: see the ``standardize`` option
-            if self.training and not self.feature_stats_set:  # data-dependent init (as Glow's ActNorm)
-                with torch.no_grad():
-                    self.feature_mean.copy_(features.mean(dim=(0, 2, 3)))
-                    self.feature_std.copy_(features.std(dim=(0, 2, 3)).clamp_min(1e-6))
+            if self.training:  # data-dependent init (as Glow's ActNorm): the first training batch's statistics
+                with torch.no_grad():  # torch.where, not an `if` on the buffer: no host sync, no graph break
+                    first = ~self.feature_stats_set
+                    self.feature_mean.copy_(torch.where(first, features.mean(dim=(0, 2, 3)), self.feature_mean))
+                    self.feature_std.copy_(torch.where(first, features.std(dim=(0, 2, 3)).clamp_min(1e-6),
+                                                       self.feature_std))
                     self.feature_stats_set.fill_(True)
             x = (features - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
         z = self.encode(x)                                              # (B, C_latent, h', w')
         rec = self.decoder(z)                                           # (B, C_in, h', w')
-        rec = F.interpolate(rec, size=features.shape[-2:], mode="nearest")  # 60 -> 64 (§2.2)
+        rec = F.interpolate(rec, size=features.shape[-2:], mode="nearest")  # 60 -> 64 (§5.2)
         if self.config.standardize:
             rec = rec * self.feature_std[:, None, None] + self.feature_mean[:, None, None]
         return rec
@@ -459,11 +469,11 @@ class HaloAE(nn.Module):
 
     # --- trainer hooks ----------------------------------------------------------------------
     def loss_weights(self, progress: float) -> tuple[float, float, float]:
-        """(α1, α2, α3) at ``progress`` ∈ [0, 1) of the run: epoch x = progress · schedule_epochs (§2.6)."""
+        """(α1, α2, α3) at ``progress`` ∈ [0, 1) of the run: epoch x = progress · schedule_epochs (§5.6)."""
         return loss_weights(progress * self.config.schedule_epochs, self.config.alphas)
 
     def loss_terms(self, features: Tensor, output: Tensor, batch: dict) -> dict[str, Tensor]:
-        """The unweighted terms of §2.5: ``cls`` (CE over all images), ``fm`` and ``im`` (MSE + 1 − SSIM
+        """The unweighted terms of §5.5: ``cls`` (CE over all images), ``fm`` and ``im`` (MSE + 1 − SSIM
         on the label-0 images; 0 when the batch has none)."""
         cfg = self.config
         labels = batch["labels"]
@@ -486,7 +496,7 @@ class HaloAE(nn.Module):
         return terms
 
     def training_loss(self, features: Tensor, output: Tensor, batch: dict, progress: float) -> Tensor:
-        """L = α1·L_cls + α2·L_fm + α3·L_im (§2.5, §2.6). ``output`` = ``forward(features)``.
+        """L = α1·L_cls + α2·L_fm + α3·L_im (§5.5, §5.6). ``output`` = ``forward(features)``.
         The last terms and weights are kept (detached) in ``last_losses`` for plots."""
         terms = self.loss_terms(features, output, batch)
         a1, a2, a3 = self.loss_weights(progress)
@@ -500,8 +510,9 @@ class HaloAE(nn.Module):
         return (features.float() - output.float()).square().mean(dim=1)
 
 
-# Reported numbers, for the method zoo (adnotes.zoo); values in %. Obtained with the inverted padding mask
-# (HaloAttention's docstring) and the test-set normalisation of eq. 7; per-class numbers were not found.
+# Reported numbers, for the method zoo (adnotes.zoo); values in %. Presumably obtained with the public
+# code's inverted padding mask and test-set normalisation of eq. 7 (our inference, §5.9: the paper links
+# that code); per-class numbers were not found.
 PUBLISHED = [
     {"method": "HaloAE", "dataset": "MVTec-AD", "setting": "one model per class, VGG19, 251 epochs",
      "image_AUROC": 91.4, "pixel_AUROC": 91.2, "source": "HaloAE paper, abstract (VISAPP 2023 / arXiv 2208.03486)"},

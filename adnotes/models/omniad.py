@@ -9,7 +9,8 @@
     with branch_probe(model, drop="local") as seen:  # record the Omni-blocks' branches, switch one off
         model(teacher)
 
-The layout follows the official code (easyoo/Omni-AD, `shared/papers/method-specs.md` §1.3-1.7):
+The layout follows the official code (easyoo/Omni-AD @ d85c5f4). Section numbers (§) in this file
+are those of notebooks/SOURCES.md, here §1.3-1.7:
 
     teacher maps, strides 4/8/16 (ResNet-34 layers 1-3 in the paper: 64@64², 128@32², 256@16² at 256²)
     -> Neck: fuse the scales into one bottleneck                                 (B, 512, 8, 8)
@@ -50,6 +51,10 @@ Sizes: the teacher maps must halve from scale to scale and the coarsest must be 
 whose side is a multiple of 32 for strides 4/8/16: 256² gives an 8 x 8 bottleneck (the paper's),
 224² gives 7 x 7. Training settings (AdamW 1e-3, weight decay 1e-4 on tensors with >= 2 dims,
 clip-norm 5, batch 16, 1000 epochs, x0.1 at 80%: §1.6) belong to the trainer, not to this file.
+
+Parameters (§1.9): the paper preset counts 27.99 M, the official code 21.76 M. The whole difference
+(6.23 M) is Q1: our 56 attention MLPs (two per block) are trained parameters, the official ones are
+redrawn on every call; with ``fresh_attention_mlp=True`` the count is the official one.
 """
 from __future__ import annotations
 
@@ -457,5 +462,5 @@ def multiscale_cosine_map(teacher: Sequence[torch.Tensor], student: Sequence[tor
 
 
 # Reported numbers, for the method zoo: none. The Omni-AD paper's tables were not available to us
-# (method-specs §1.8: only its abstract), and we do not transcribe third-party summaries.
+# (notebooks/SOURCES.md §1.8: only its abstract), and we do not transcribe third-party summaries.
 PUBLISHED: list[dict] = []

@@ -15,7 +15,7 @@ keyword away:
   k×k window around (i, j), itself included (clipped at the borders);
 - layer-wise query decoder (§3.2, App. C.2): every decoder layer owns a learned query embedding.
 
-Conventions follow the official code (`shared/papers/method-specs.md` §2.2): DETR post-norm
+Conventions follow the official code (zhiyuanyou/UniAD; notebooks/SOURCES.md §2.4): DETR post-norm
 layers, a learned 2-D position embedding [col_j ‖ row_i] added to queries and keys (never to
 values) of every attention, a final decoder LayerNorm, xavier-uniform Linear weights. Tokens are
 batch-first, row-major: token t is grid cell (t // W, t % W).
@@ -102,7 +102,7 @@ class UniADConfig:
     hidden_dim: int = 256                    # C, the reduced channel dimension (§4.2, App. B.3)
     num_encoder_layers: int = 4              # Tab. 5b (0 allowed)
     num_decoder_layers: int = 4              # Tab. 5b (0 allowed)
-    num_heads: int = 8                       # official config (method-specs §2.1)
+    num_heads: int = 8                       # official config (notebooks/SOURCES.md §2.3)
     ffn_dim: int = 1024                      # Tab. A1
     dropout: float = 0.1                     # official config; in attention, residuals and FFN
     query: str = "every"                     # "none" | "first" | "every" (Tab. 5a / A2)
@@ -113,6 +113,8 @@ class UniADConfig:
     jitter_prob: float = 1.0                 # p: chance a training batch is jittered; 0 = FJ off (Tab. 5f)
     pos_embed: bool = True                   # learned 2-D position embedding (§3.3); False for the MLP
     loss: str = "mse"                        # "mse" | "nmse" | "cos" (App. C.3, Tab. A4), for the trainer
+    clone_init: bool = False                 # True: the official code's start, layers deep-copied from one
+                                             # (equal attention in-projections and query tables at step 0)
 
     def __post_init__(self) -> None:
         self.feature_size = _pair(self.feature_size, "feature_size")
@@ -184,11 +186,18 @@ def neighbor_mask(height: int, width: int, size: tuple[int, int],
 
 def feature_jitter(tokens: Tensor, scale: float, prob: float) -> Tensor:
     """Eq. 3: tokens + ε, ε ~ N(0, (scale·‖f‖₂/C)²) per token, for the whole batch with probability
-    `prob` (one draw per call, official code). tokens: (B, N, C)."""
-    if scale == 0 or torch.rand(()) >= prob:
+    `prob` (one draw per call, official code). tokens: (B, N, C).
+
+    The coin is a tensor, not a Python ``if``: no host sync and no graph break under torch.compile.
+    For prob 0 and 1 the random stream is the one of an ``if`` (the noise is drawn only when used);
+    for 0 < prob < 1 the noise is drawn every call."""
+    if scale == 0:
+        return tokens
+    jittered = torch.rand((), device=tokens.device) < prob
+    if prob == 0:
         return tokens
     std = tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1] * scale  # (B, N, 1)
-    return tokens + torch.randn_like(tokens) * std
+    return torch.where(jittered, tokens + torch.randn_like(tokens) * std, tokens)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -329,6 +338,10 @@ class UniAD(nn.Module):
                          dim, c.ffn_dim, c.dropout) for _ in range(c.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(dim)              # DETR's final decoder norm (official code)
         self.output_proj = nn.Linear(dim, c.in_channels)
+        # (HW, HW) bool, True = blocked; built once here (a forward that builds and checks it breaks the
+        # torch.compile graph); not saved in checkpoints, moved with the model
+        blocked = neighbor_mask(h, w, c.neighbor_size) if any(c.neighbor_mask) else None
+        self.register_buffer("blocked", blocked, persistent=False)
         self._init_weights()
 
     def make_mixer(self, cross: bool) -> nn.Module:
@@ -349,6 +362,25 @@ class UniAD(nn.Module):
         if self.pos_embed is not None:
             nn.init.uniform_(self.pos_embed.row)
             nn.init.uniform_(self.pos_embed.col)
+        if self.config.clone_init:
+            self._clone_layers()
+
+    @torch.no_grad()
+    def _clone_layers(self) -> None:
+        """The official code builds one encoder (decoder) layer and deep-copies it N times (DETR's
+        ``_get_clones``), then re-draws every Linear/Conv weight xavier-uniform per copy. What that
+        re-draw does not touch stays equal across layers: each attention's in-projection (not an
+        ``nn.Linear``) and, in the decoder, each layer's query table (an ``nn.Embedding`` inside the
+        layer). Here: copy those from the first layer of the stack (our reading of the official
+        ``models/reconstructions/uniad.py`` and ``models/initializer.py``)."""
+        for stack in (self.encoder, self.decoder):
+            first = [m for m in stack[0].modules() if isinstance(m, nn.MultiheadAttention)] if len(stack) else []
+            for layer in list(stack)[1:]:
+                for src, dst in zip(first, [m for m in layer.modules() if isinstance(m, nn.MultiheadAttention)]):
+                    dst.in_proj_weight.copy_(src.in_proj_weight)
+                    dst.in_proj_bias.copy_(src.in_proj_bias)
+        if self.query_embed is not None:
+            self.query_embed[1:] = self.query_embed[:1]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -364,8 +396,7 @@ class UniAD(nn.Module):
         if self.training:
             tokens = feature_jitter(tokens, c.jitter_scale, c.jitter_prob)
         pos = self.pos_embed() if self.pos_embed is not None else None  # (HW, C)
-        enc_mask, dec1_mask, dec2_mask = (
-            neighbor_mask(h, w, c.neighbor_size, x.device) if on else None for on in c.neighbor_mask)
+        enc_mask, dec1_mask, dec2_mask = (self.blocked if on else None for on in c.neighbor_mask)
 
         enc = self.input_proj(tokens)                            # (B, HW, C)
         for layer in self.encoder:
@@ -380,13 +411,14 @@ class UniAD(nn.Module):
 
 
 # Reported numbers, for the method zoo (adnotes.zoo); values in %.
+_ADER = "ADer benchmark README, zhangzjn/ADer @ 902937a (notebooks/SOURCES.md §3.2)"
 PUBLISHED = [
     {"method": "UniAD", "dataset": "MVTec-AD", "setting": "unified, 1000 epochs, EfficientNet-B4",
      "image_AUROC": 96.5, "pixel_AUROC": 96.8, "source": "UniAD paper, Tab. 1 / Tab. 2 (mean of 5 seeds)"},
     {"method": "UniAD", "dataset": "MVTec-AD", "setting": "unified, 100 epochs (ADer re-run)",
      "image_AUROC": 92.5, "image_AP": 97.3, "image_F1max": 95.4, "pixel_AUROC": 95.8, "pixel_AP": 42.7,
-     "pixel_F1max": 48.0, "pixel_AUPRO": 89.3, "mAD": 80.1, "source": "ADer benchmark README (method-specs §3)"},
+     "pixel_F1max": 48.0, "pixel_AUPRO": 89.3, "mAD": 80.1, "source": _ADER},
     {"method": "UniAD", "dataset": "VisA", "setting": "unified, 100 epochs (ADer re-run)",
      "image_AUROC": 89.0, "image_AP": 91.0, "image_F1max": 85.8, "pixel_AUROC": 98.3, "pixel_AP": 34.5,
-     "pixel_F1max": 39.6, "pixel_AUPRO": 86.5, "mAD": 75.0, "source": "ADer benchmark README (method-specs §3)"},
+     "pixel_F1max": 39.6, "pixel_AUPRO": 86.5, "mAD": 75.0, "source": _ADER},
 ]
