@@ -177,6 +177,96 @@ def _scores(key=int, row="mean", metric=None, number=False):
     return seed_scores
 
 
+def _transplant(inplace=False, corner=False, swap=False, grow=0, validate=True, dtype=torch.bool, invert=False):
+    """transplant with one slip."""
+    def transplant(x, donor, top, left, block):
+        C, H, W = x.shape
+        if validate and (top < 0 or left < 0 or top + block > H or left + block > W):
+            raise ValueError("does not fit")
+        (r, c), b = ((left, top) if swap else (top, left)), block + grow
+        new = x if inplace else x.clone()
+        new[:, r:r + b, c:c + b] = donor[:, :b, :b] if corner else donor[:, r:r + b, c:c + b]
+        region = torch.zeros(H, W, dtype=torch.bool)
+        region[r:r + b, c:c + b] = True
+        return new, (~region if invert else region).to(dtype)
+    return transplant
+
+
+def _copy_gain(pool="all", mask=True, sign=1, sizes=False, leak_inside=False):
+    """copy_gain with one slip: ratios per image or per token, the region ignored, δ's sign, sizes, the leak."""
+    def copy_gain(out, out_new, x, x_new, region):
+        d_out, delta = (out_new - out).double(), sign * (x_new - x).double()
+        inside = region.unsqueeze(1) if mask else torch.ones_like(region.unsqueeze(1))
+        along = ((d_out.square() if sizes else d_out * delta) * inside).sum((1, 2, 3))
+        energy = (delta.square() * inside).sum((1, 2, 3))
+        spread = (d_out.square() * (torch.ones_like(inside) if leak_inside else ~region.unsqueeze(1))).sum((1, 2, 3))
+        if pool == "image":
+            return (along / energy).mean().item(), (spread / energy).mean().item()
+        if pool == "token":
+            ratio = (d_out * delta).sum(1)[region] / delta.square().sum(1)[region]
+            return ratio.mean().item(), (spread.sum() / energy.sum()).item()
+        return (along.sum() / energy.sum()).item(), (spread.sum() / energy.sum()).item()
+    return copy_gain
+
+
+class _Skip(torch.nn.Module):
+    def __init__(self, channels, width):
+        super().__init__()
+        self.inner = solutions.bottleneck(channels, width)
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+_SHARED = solutions.bottleneck(12, 3)
+
+
+def _train(seeded=True, use_seed=True, use_lr=True, use_batch=True, step=True):
+    """train_reconstructor with one slip: unseeded batches, the seed or lr or batch ignored, no optimizer step."""
+    def train_reconstructor(model, features, steps, seed, lr=1e-3, batch=2):
+        generator = torch.Generator().manual_seed(seed if use_seed else 0) if seeded else None
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr if use_lr else 1e-2)
+        for _ in range(steps):
+            x = features[torch.randint(len(features), (batch if use_batch else 2,), generator=generator)].float()
+            loss = (model(x) - x).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            if step:
+                optimizer.step()
+        return model
+    return train_reconstructor
+
+
+def _width_sweep(seeded=True, own_probe=False, measure_before=False, row="mean", scale=1.0, one_model=False,
+                 trained=True):
+    """width_sweep with one slip (built from the lab's own solutions)."""
+    from adnotes.copying import transplant_probe
+    from adnotes.evaluation import evaluate_maps
+    from adnotes.train import anomaly_maps
+
+    def width_sweep(widths, train, test, probe, steps, seed):
+        if own_probe:
+            probe = transplant_probe(test, n=6, block=2, seed=seed + 1)
+        normal = train.features[train.labels == 0].float()
+        sweep, model = {}, None
+        for d in widths:
+            if seeded:
+                torch.manual_seed(seed)
+            model = model if one_model and model is not None else solutions.bottleneck(train.channels, d)
+            with torch.no_grad():
+                before = solutions.copy_gain(model(probe.x), model(probe.x_new), probe.x, probe.x_new, probe.region)
+            if trained:
+                model = solutions.train_reconstructor(model, normal, steps, seed)
+            with torch.no_grad():
+                after = solutions.copy_gain(model(probe.x), model(probe.x_new), probe.x, probe.x_new, probe.region)
+            gain, leak = before if measure_before else after
+            table = evaluate_maps(anomaly_maps(model, test), test, pixel=False, aupro=False, progress=False)
+            auroc = table["image_AUROC"].iloc[0] if row == "first" else table.loc["mean", "image_AUROC"]
+            sweep[d] = {"model": model, "gain": gain, "leak": leak, "image_AUROC": scale * auroc}
+        return sweep
+    return width_sweep
+
+
 WRONG = [  # (check, wrong solution, words the explanation must contain)
     ("neighbor_mask", lambda h, w, k: solutions.neighbor_mask(h, w, k) & ~torch.eye(h * w, dtype=torch.bool),
      "lets a token attend to itself: the centre of the neighbourhood must be masked too"),
@@ -260,6 +350,39 @@ WRONG = [  # (check, wrong solution, words the explanation must contain)
     ("paired_differences", lambda d, a: dict(zip(d, (y - x for x, y in zip(d.values(), a.values())))),
      "by position"),
     ("paired_differences", lambda d, a: {k: a[k] - d[k] for k in d if k in a}, "raise ValueError"),
+    ("transplant", _transplant(inplace=True), "you changed x itself"),
+    ("transplant", _transplant(corner=True), "the donor's top-left corner"),
+    ("transplant", _transplant(swap=True), "rows and columns are swapped"),
+    ("transplant", _transplant(grow=1), "block² = 4"),
+    ("transplant", _transplant(validate=False), "Raise ValueError: slicing silently cuts such a block short"),
+    ("transplant", _transplant(dtype=torch.float32), "return a torch.bool mask"),
+    ("transplant", _transplant(invert=True), "True OUTSIDE the block"),
+    ("copy_gain", _copy_gain(pool="image"), "you averaged one ratio per image"),
+    ("copy_gain", _copy_gain(pool="token"), "you averaged per-token ratios"),
+    ("copy_gain", _copy_gain(mask=False), "not only over the region R"),
+    ("copy_gain", _copy_gain(sign=-1), "g = −1"),
+    ("copy_gain", _copy_gain(sizes=True), "compared sizes"),
+    ("copy_gain", _copy_gain(leak_inside=True), "OUTSIDE the region"),
+    ("copy_gain", lambda *a: solutions.copy_gain(*a)[::-1], "you return (leak, gain)"),
+    ("bottleneck", lambda c, w: torch.nn.Sequential(torch.nn.Conv2d(c, w, 3, padding=1), torch.nn.GELU(),
+                                                    torch.nn.Conv2d(w, c, 1)), "mixes neighbouring tokens"),
+    ("bottleneck", _Skip, "a skip connection"),
+    ("bottleneck", lambda c, w: solutions.bottleneck(c, c), "more than its width"),
+    ("bottleneck", lambda c, w: _SHARED, "two calls returned the same model"),
+    ("bottleneck", lambda c, w: torch.nn.Sequential, "returned a class"),
+    ("train_reconstructor", _train(seeded=False), "not reproducible"),
+    ("train_reconstructor", _train(use_seed=False), "the `seed` argument is ignored"),
+    ("train_reconstructor", _train(use_lr=False), "the `lr` argument is ignored"),
+    ("train_reconstructor", _train(use_batch=False), "each step takes `batch` = 4 images"),
+    ("train_reconstructor", _train(step=False), "the reconstruction error did not fall"),
+    ("train_reconstructor", lambda model, features, steps, seed, lr=1e-3, batch=2: model, "0 forward passes"),
+    ("width_sweep", _width_sweep(seeded=False), "not reproducible"),
+    ("width_sweep", _width_sweep(own_probe=True), "on the probe you"),
+    ("width_sweep", _width_sweep(measure_before=True), "after training"),
+    ("width_sweep", _width_sweep(row="first"), "the image AUROC of one class"),
+    ("width_sweep", _width_sweep(scale=100.0), "not a percentage"),
+    ("width_sweep", _width_sweep(one_model=True), "every width got the same model object"),
+    ("width_sweep", _width_sweep(trained=False), "steps=2 and steps=40"),
 ]
 
 
