@@ -85,6 +85,20 @@ class LabCheckError(AssertionError):
 class _Wrong(Exception):
     """Internal: the student's answer is wrong; the message is the explanation."""
 
+def _must_refuse(call, wrong: str, returned: str) -> None:
+    """Run a student's ``call`` that must raise ValueError: anything else it raises is ``wrong`` (plus what
+    was raised), a result is ``returned``; an unfinished TODO says so."""
+    try:
+        call()
+    except ValueError:
+        return
+    except NotImplementedError:
+        raise _NotDone from None
+    except Exception as err:
+        raise _Wrong(f"{wrong} (got {type(err).__name__}: {err}).") from None
+    raise _Wrong(returned)
+
+
 
 class _NotDone(Exception):
     """Internal: the student's function still raises NotImplementedError."""
@@ -114,8 +128,8 @@ def _run_check(name: str, fn, body: Callable[[Callable], str], strict: bool | No
             print(f"✓ {name}: {_indent(note + _warned(caught))}")
             return True
         except _NotDone:
-            message = (f"not implemented yet: fill in the TODO cell above (replace `raise NotImplementedError` "
-                       f"with your code), run it, then run this check again.")
+            message = ("not implemented yet: fill in the TODO cell above (replace `raise NotImplementedError` "
+                       "with your code), run it, then run this check again.")
         except _Wrong as wrong:
             message = str(wrong) + _warned(caught)
     print(f"✗ {name}: {_indent(message)}")
@@ -1111,15 +1125,8 @@ def _ablation_configs_body(fn: Callable) -> str:
             keys = [f"{sec}.{k}" for sec in d for k in d[sec] if d[sec][k] != expected[sec][k]]
             raise _Wrong(f"your {name} config also changed {', '.join(keys)}: an ablation changes one thing.")
     for bad, why in (([0, 1], "two seeds"), ([3, 3, 5], "a repeated seed")):
-        try:
-            fn(base, dict(change), bad)
-        except ValueError:
-            continue
-        except NotImplementedError:
-            raise _NotDone from None
-        except Exception as err:
-            raise _Wrong(f"with {why}, {bad}, raise ValueError (got {type(err).__name__}: {err}).") from None
-        raise _Wrong(f"with {why}, {bad}, raise ValueError: a mean ± std needs at least 3 distinct seeds "
+        _must_refuse(lambda: fn(base, dict(change), bad), f"with {why}, {bad}, raise ValueError",
+                     f"with {why}, {bad}, raise ValueError: a mean ± std needs at least 3 distinct seeds "
                      f"(a repeated seed is the same run twice).")
     return ("two independent copies of base on seeds [0, 1, 2]; only model.args differs; fewer than 3 or repeated "
             "seeds are refused.")
@@ -1379,15 +1386,8 @@ def _transplant_body(fn: Callable) -> str:
     x, donor = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
     for top, left, why in ((3, 0, "reaches past the bottom edge (top + block > H)"),
                            (0, -1, "starts left of the grid (left < 0)")):
-        try:
-            fn(x.clone(), donor.clone(), top, left, 2)
-        except ValueError:
-            continue
-        except NotImplementedError:
-            raise _NotDone from None
-        except Exception as err:
-            raise _Wrong(f"a block that {why} must raise ValueError (got {type(err).__name__}: {err}).") from None
-        raise _Wrong(f"transplant(x (3, 4, 5), donor, top={top}, left={left}, block=2) returned a result, but that "
+        _must_refuse(lambda: fn(x.clone(), donor.clone(), top, left, 2), f"a block that {why} must raise ValueError",
+                     f"transplant(x (3, 4, 5), donor, top={top}, left={left}, block=2) returned a result, but that "
                      f"block {why}. Raise ValueError: slicing silently cuts such a block short (or, with a negative "
                      f"index, counts from the other edge), and the gain would be measured on other tokens than you "
                      f"think.")
