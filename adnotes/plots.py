@@ -123,8 +123,13 @@ def save_figure(fig: plt.Figure, name: str, *, data: dict | None = None, config:
 
 def _portable(value):
     """Absolute paths under the data folder, the home folder or the checkout become relative to it
-    (``adnotes-mini/brick/test/hole/000.png``, ``results/shortcut_mlp``): a figure's JSON does not
-    record the machine that made it."""
+    (``adnotes-mini/brick/test/hole/000.png``, ``results/shortcut_mlp``), and numbers keep 6 significant
+    digits (the last digits of a float change with the thread count and the BLAS build): a figure's
+    JSON does not record the machine that made it."""
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return _portable(_plain(value))
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
     if isinstance(value, dict):
         return {k: _portable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

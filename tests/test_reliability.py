@@ -24,6 +24,19 @@ def test_figure_json_records_paths_relative_to_the_data_folder(tmp_path, monkeyp
     assert record["config"] == {"root": "/elsewhere/mvtec", "relative": "a/b.png"}  # a foreign root stays as given
 
 
+def test_figure_json_numbers_do_not_depend_on_float_noise(tmp_path):
+    import numpy as np
+    import torch
+
+    written = []
+    for noise in (0.0, 3e-13):  # what another thread count or BLAS build changes in a metric
+        values = {"auroc": 0.8304100378146942 + noise, "arr": np.array([0.1 + noise, 2.0]), "t": torch.tensor(1 / 3)}
+        path = plots.save_figure(plt.figure(), f"noise{len(written)}", data=values, folder=tmp_path)
+        plt.close("all")
+        written.append(json.loads(path.with_suffix(".json").read_text())["data"])
+    assert written[0] == written[1] == {"auroc": 0.83041, "arr": [0.1, 2.0], "t": 0.333333}
+
+
 def test_tests_write_figures_outside_the_versioned_folder():
     assert figures_dir() != (REPO / "figures").resolve()
 
