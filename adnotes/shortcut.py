@@ -15,7 +15,6 @@ never trained here (hours on a CPU): :func:`cached_or_skip` prints the command t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import nn
 
 from . import plots, results
 from .copying import Probe, copying, gain_and_leak, linear_gain, run_steps, transplant_probe, twin_probe
-from .evaluation import evaluate_maps, kind_column
+from .evaluation import evaluate_maps
 from .features import FeatureSet
 from .train import Config, anomaly_maps, build_model, copy_probe, load_features, load_model, summarise
 

@@ -73,7 +73,7 @@ from .models import create
 from .models.objectives import LOSS_KINDS, anomaly_map, reconstruction_loss
 from .paths import runs_dir
 
-__all__ = ["Config", "train", "train_or_load", "run_name", "fit", "TrainingInterrupted", "load_features",
+__all__ = ["Config", "train", "train_or_load", "run_name", "fit", "TrainingInterrupted", "load_features", "copy_probe",
            "evaluate_model", "anomaly_maps", "evaluate_run", "summarise", "final_metrics", "load_model"]
 
 
