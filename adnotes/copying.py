@@ -157,8 +157,10 @@ def _sums(model: nn.Module, probe: Probe, device: str | torch.device, batch: int
             out, out_new = model(x), model(x_new)
             if not (isinstance(out, Tensor) and out.shape == x.shape):
                 return None  # not a reconstruction of its input (e.g. HaloAE's tuple of outputs)
-            parts.append([s.cpu() for s in gain_and_leak(out, out_new, x, x_new,
-                                                         probe.region[idx].to(device))])
+            along, spread, energy = gain_and_leak(out, out_new, x, x_new, probe.region[idx].to(device))
+            error = torch.linalg.vector_norm(out - x, dim=1).double().flatten(1).sum(1)  # Σ_t ‖f(x)_t − x_t‖
+            norm = torch.linalg.vector_norm(x, dim=1).double().flatten(1).sum(1)       # Σ_t ‖x_t‖
+            parts.append([s.cpu() for s in (along, spread, energy, error, norm)])
     finally:
         model.train(was_training)
     return tuple(torch.cat(p) for p in zip(*parts))
@@ -170,13 +172,15 @@ def copying(model: nn.Module, probe: Probe, *, device: str | torch.device = "cpu
     sums = _sums(model, probe, device, batch)
     if sums is None:
         return None
-    along, spread, energy = (s.sum().item() for s in sums)
+    along, spread, energy = (s.sum().item() for s in sums[:3])
     return {"gain": along / energy, "leak": spread / energy, "images": len(probe)}
 
 
 def per_class(model: nn.Module, probe: Probe, *, device: str | torch.device = "cpu", batch: int = 64
               ) -> dict[str, dict[str, float]] | None:
-    """:func:`copying` per class of the probe's images, plus ``"mean"``: pooled over all of them."""
+    """:func:`copying` per class of the probe's images, plus ``"mean"``: pooled over all of them; and
+    ``normal_error`` = Σ_t ‖f(x)_t − x_t‖ / Σ_t ‖x_t‖ over every token of the probe's (normal) images x,
+    how well the model reconstructs normal content (the price a mask that hides a token's own input pays)."""
     sums = _sums(model, probe, device, batch)
     if sums is None:
         return None
@@ -184,8 +188,8 @@ def per_class(model: nn.Module, probe: Probe, *, device: str | torch.device = "c
     out = {}
     for cls in [*sorted(set(probe.classes)), "mean"]:
         keep = torch.as_tensor(classes == cls if cls != "mean" else np.ones(len(classes), bool))
-        along, spread, energy = (s[keep].sum().item() for s in sums)
-        out[cls] = {"copy_gain": along / energy, "copy_leak": spread / energy}
+        along, spread, energy, error, norm = (s[keep].sum().item() for s in sums)
+        out[cls] = {"copy_gain": along / energy, "copy_leak": spread / energy, "normal_error": error / norm}
     return out
 
 

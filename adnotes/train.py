@@ -473,13 +473,13 @@ def copy_probe(test: FeatureSet, ev: EvalSection) -> Probe | None:
 def _curve_columns(test: FeatureSet) -> list[str]:
     """The columns of ``curves.csv`` after ``cls``, fixed for a run: NaN where a value was not computed."""
     kinds = sorted({k for k, y in zip(test.defects or [], test.labels.tolist()) if y == 1})
-    return [*METRIC_NAMES, *map(kind_column, kinds), "copy_gain", "copy_leak"]
+    return [*METRIC_NAMES, *map(kind_column, kinds), "copy_gain", "copy_leak", "normal_error"]
 
 
 def _log_curves(model: nn.Module, test: FeatureSet, ev: EvalSection, step: int, loss: float, path: Path, *,
                 aupro: bool, device: torch.device, reference: FeatureSet, probe: Probe | None) -> pd.DataFrame:
     """Evaluate and append one row per class (+ mean) to ``curves.csv``: the metrics, the image AUROC per
-    defect kind and the copy gain and leak on ``probe``; ``loss`` = mean training loss since the last row."""
+    defect kind and the copy gain, leak and normal error on ``probe``; ``loss`` = mean training loss since the last row."""
     table = evaluate_model(model, test, ev, aupro=aupro, device=device, reference=reference)
     if probe is not None and (copied := per_class(model, probe, device=device)) is not None:
         table = table.join(pd.DataFrame(copied).T)

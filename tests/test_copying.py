@@ -106,6 +106,23 @@ def test_per_class_pools_the_sums_of_its_images():
     out, out_new = half(probe.x), half(probe.x_new)
     along, spread, energy = gain_and_leak(out, out_new, probe.x, probe.x_new, probe.region)
     assert along.shape == (15,) and (energy > 0).all()
+    # f(x) = x/2 misses every token by half its length: the normal error is 1/2 in every class
+    assert all(row["normal_error"] == pytest.approx(0.5) for row in table.values())
+    # an affine map's error, brute force token by token, per class
+    class Shift(nn.Module):
+        def forward(self, x):
+            return x + 0.3
+    table = per_class(Shift(), probe)
+    for cls in ("a", "b", "mean"):
+        err = norm = 0.0
+        for k, c in enumerate(probe.classes):
+            if cls in (c, "mean"):
+                for i in range(probe.x.shape[2]):
+                    for j in range(probe.x.shape[3]):
+                        t = probe.x[k, :, i, j].double()
+                        err += float(((t + 0.3) - t).norm())
+                        norm += float(t.norm())
+        assert table[cls]["normal_error"] == pytest.approx(err / norm, rel=1e-6)
 
 
 def test_twins_keep_the_tokens_the_defect_changed():
@@ -139,7 +156,7 @@ def test_every_curve_row_carries_the_copy_gain_and_the_auroc_per_defect_kind(tmp
     run = train(cfg, "r", runs=tmp_path, features=(train_set, test))
     curves = pd.read_csv(run / "seed0" / "curves.csv")
     assert {"copy_gain", "copy_leak", "image_AUROC_scratch", "image_AUROC_hole"} <= set(curves.columns)
-    assert curves[["copy_gain", "copy_leak"]].notna().all().all()
+    assert curves[["copy_gain", "copy_leak", "normal_error"]].notna().all().all()
 
     final = curves[curves.step == curves.step.max()].set_index("cls")
     model = load_model(run, features=test)
