@@ -29,17 +29,20 @@ def atomic(path: Path):
 
 @contextmanager
 def locked(path: Path):
-    """An exclusive lock on the file ``path`` (created if missing) while the block runs. Windows has no
-    flock: there the block runs unlocked, so run one process at a time."""
+    """An exclusive lock on ``path`` while the block runs: a file (created if missing), or an existing
+    folder, which locks itself and leaves no lock file behind. Windows has no flock: there the block
+    runs unlocked, so run one process at a time."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path = Path(path)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

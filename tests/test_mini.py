@@ -248,3 +248,20 @@ def test_a_dataset_with_a_file_deleted_is_not_ready(dataset, tmp_path, key):
         make_mini(root, **PARAMS)
     with pytest.raises(FileNotFoundError, match=row[key]):
         load_dataset("mini", "train", root=root)  # also a split that does not hold the file
+
+
+def _make_in_child(root: str) -> str:
+    return str(make_mini(root, **PARAMS))
+
+
+def test_two_processes_at_once_share_one_dataset(dataset, tmp_path):
+    """Two trainings started together both get the dataset: before the lock, the second one's rename
+    failed with 'Directory not empty'."""
+    import multiprocessing
+
+    root = str(tmp_path / "shared")
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        made = pool.map(_make_in_child, [root, root])
+    assert made == [root, root]
+    assert files(Path(root)) == files(dataset)           # the same bytes as one process alone writes
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]  # no partial sibling or lock file left

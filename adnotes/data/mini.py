@@ -47,6 +47,8 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ..files import locked
+
 __all__ = ["CLASSES", "DEFECT_TYPES", "twin_path", "twin_records", "SIZES", "MiniSettings", "make_mini", "apply_defect",
            "source_images", "MANIFEST_NAME", "GENERATOR_VERSION"]
 
@@ -499,6 +501,15 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
     params = _params(seed, size, image_size, settings)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # one writer at a time (the parent folder is the lock): a second process, e.g. two trainings started
+    # together, waits and then reuses the dataset the first one wrote
+    with locked(root.parent):
+        return _make_locked(root, seed, size, image_size, settings, params)
+
+
+def _make_locked(root: Path, seed: int, size: str | int, image_size: int, settings: MiniSettings,
+                 params: dict) -> Path:
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
         try:
@@ -520,7 +531,6 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
             "untouched. Pick another root: a missing or empty folder.")
 
     # write into a hidden sibling and rename at the end: an interrupted run leaves no half dataset
-    root.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         total = len(CLASSES) * (params["n_train"] + params["n_test_good"] + params["n_test_defect"])
