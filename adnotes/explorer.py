@@ -1,6 +1,6 @@
 """An interactive explorer of anomaly maps: class, test image, model, training step, threshold, attention.
 
-    ex = Explorer.from_results(S)                      # the cached shortcut_<model> runs (notebook 06)
+    ex = Explorer.from_results(S)                      # the cached shortcut_<model> runs (notebook 09)
     ex = Explorer({"uniad": run_dir}, test)            # any run folders, on their test FeatureSet
     display(ex)                                        # the default layout, or lay out ex.cls, ex.image, ...
 

@@ -88,7 +88,7 @@ _DEFAULT_ROW = "ablation_default"
 
 RECIPES: dict[str, Recipe] = {
     **{f"shortcut_{m}": Recipe(m, _SHORTCUT if m in ("mlp", "cnn") else _SHORTCUT_ATTENTION, (SEEDS,),
-                               f"{m}: the long curve of Fig. 2a, 3 seeds", ("01_identity_shortcut", "06_explorer"))
+                               f"{m}: the long curve of Fig. 2a, 3 seeds", ("01_identity_shortcut", "09_explorer"))
        for m in ("mlp", "cnn", "transformer", "uniad")},
     **{f"width_mlp_{d}": Recipe("mlp", (*_MECHANISM, f"model.args={{hidden_dim: {d}}}"),
                                 (SEEDS, f"model.args={{hidden_dim: {d}}}"),
@@ -111,18 +111,18 @@ RECIPES: dict[str, Recipe] = {
                                ("02_unified_vs_separate",)),
     "fig4_mlp_separate": Recipe("mlp", (*_ONE_SEED, "train.mode=separate"), ("train.mode=separate",),
                                 "MLP, one model per class (Fig. 4)", ("02_unified_vs_separate",)),
-    "omniad_quick": Recipe("omniad", ("train.seeds=[0]",), (), "Omni-AD, quick preset", ("04_omniad",)),
+    "omniad_quick": Recipe("omniad", ("train.seeds=[0]",), (), "Omni-AD, quick preset", ("06_omniad",)),
     "semantic_digits": Recipe("digits", ("train.steps=500", "eval.every=100", "train.seeds=[0]"), (),
                               "UniAD, many-vs-many on digits (Tab. 3)",
-                              ("07_semantic_ad",)),
+                              ("05_semantic_ad",)),
     "adtr_quick": Recipe("adtr", ("train.seeds=[0]",), (), "ADTR, normal images only (feature MSE)",
-                         ("09_adtr_haloae", "10_method_zoo")),
+                         ("07_adtr_haloae", "08_method_zoo")),
     # ADTR+ continues the cached ADTR with confetti noise and the pixel push-pull loss (+300 epochs: SOURCES.md §4.5)
     "adtr_plus_quick": Recipe("adtr_plus", (), ("data.synthetic=confetti", "model.args={loss: pushpull_pixel}",
                                                 "train.epochs=300", "train.init=results/adtr_quick-full"),
                               "ADTR+, continues adtr_quick with confetti anomalies (push-pull, Eq. 6-7)",
-                              ("09_adtr_haloae", "10_method_zoo"), weights=False),
-    "haloae_quick": Recipe("haloae", (), (), "HaloAE, one model per class", ("09_adtr_haloae", "10_method_zoo")),
+                              ("07_adtr_haloae", "08_method_zoo"), weights=False),
+    "haloae_quick": Recipe("haloae", (), (), "HaloAE, one model per class", ("07_adtr_haloae", "08_method_zoo")),
     # UniAD App. B.3's picture decoder for the quick features: train images + adnotes-mini's own defect types
     # (the paper's decoder sees normal and defective images), images at 112² to keep it a CPU job.
     "vis_decoder": Recipe("uniad", ("data.keep_images=112", "data.synthetic=mini_defects", "train.steps=1500",
@@ -131,11 +131,11 @@ RECIPES: dict[str, Recipe] = {
                            "train.mode=separate"),
                           "UniAD's visualisation decoder (App. B.3), for Fig. 2b as pictures",
                           ("01_identity_shortcut",), kind="vis_decoder"),
-    # Notebook 05 reads the ablations' tables and curves only: their weights stay in runs/.
+    # Notebook 04 reads the ablations' tables and curves only: their weights stay in runs/.
     _DEFAULT_ROW: Recipe("uniad", _ABLATION, (), "UniAD quick, the default row of every ablation table",
-                         ("05_ablations",), weights=False),
+                         ("04_ablations",), weights=False),
     **{f"ablation_{table}_{label}": Recipe("uniad", (*_ABLATION, *overrides), overrides,
-                                           f"UniAD quick, Tab. {table.split('_')[0]}: {label}", ("05_ablations",),
+                                           f"UniAD quick, Tab. {table.split('_')[0]}: {label}", ("04_ablations",),
                                            weights=False)
        for table, rows in ABLATIONS.items() for label, overrides in rows.items() if overrides},
 }

@@ -4,7 +4,7 @@ A temporary folder gets a tiny synthetic UniAD run and a notebook that builds an
 The test opens the notebook in JupyterLab, runs it, drags the threshold slider with the mouse and
 checks that the page changed (the printed numbers and the drawn figure), then saves a screenshot
 to ``figures_dir()``: a temporary folder under pytest (``ADNOTES_FIGURES=$PWD/figures pytest -m
-browser`` refreshes ``figures/06_explorer_browser.png``). Skipped when /usr/bin/chromium or playwright is missing
+browser`` refreshes ``figures/09_explorer_browser.png``). Skipped when /usr/bin/chromium or playwright is missing
 (``apt-get install chromium``; ``pip install playwright``; never ``playwright install``).
 """
 import json
@@ -134,7 +134,7 @@ def test_the_explorer_renders_in_jupyterlab_and_its_threshold_slider_redraws_it(
             expect(view).not_to_have_attribute("src", before_src, timeout=30_000)  # a new PNG was drawn
             after_text = metrics.inner_text()
             assert "F1" in after_text and after_text != before_text
-            shot = figures_dir() / "06_explorer_browser.png"
+            shot = figures_dir() / "09_explorer_browser.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.locator(".jp-Notebook .jp-Cell").first.screenshot(path=str(shot))
         finally:
