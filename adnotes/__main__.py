@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     results.add_argument("--only", nargs="*", metavar="NAME", help="these recipes only (default: all)")
     results.add_argument("--full", action="store_true", help="the papers' settings (GPU) instead of quick mode")
     results.add_argument("--list", action="store_true", help="list the recipes and what is cached")
+    results.add_argument("--seeds", nargs="+", type=int, metavar="K",
+                         help="these seeds of the recipes only (each seed lands in the cache when it finishes)")
 
     figures = commands.add_parser("figures", help="execute the notebooks, regenerating every figure in figures/")
     figures.add_argument("--full", action="store_true", help="full mode (the papers' settings; GPU)")
@@ -100,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.list:
                 listed = results.manifest()["recipes"]
                 for name, recipe in results.RECIPES.items():
-                    made = [f"{k} ({v['made']})" for k, v in listed.items() if k.split("-full")[0] == name]
+                    made = [f"{k} ({v['made']}" + (f"; seeds {v['seeds']}, missing {v['missing_seeds']}"
+                                                   if v.get("missing_seeds") else "") + ")"
+                            for k, v in listed.items() if k.split("-full")[0] == name]
                     print(f"{name:<28} {recipe.what}; cached: {', '.join(made) or 'no'}")
                 if problems := results.verify():
                     print("problems:\n  " + "\n  ".join(problems))
             else:
-                results.regenerate(args.only, quick=not args.full)
+                results.regenerate(args.only, quick=not args.full, seeds=args.seeds)
         elif args.command == "figures":
             from .figures import execute_notebooks
 

@@ -19,7 +19,7 @@ import torch
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .paths import data_dir, figures_dir, home
 
-__all__ = ["MODEL_COLORS", "METRIC_LABELS", "set_style", "denormalize", "anomaly_map_panels", "training_curves",
+__all__ = ["MODEL_COLORS", "METRIC_LABELS", "set_style", "denormalize", "anomaly_map_panels", "one_defect_per_class", "training_curves",
            "save_figure"]
 
 METRIC_LABELS = {"loss": "training loss", "image_AUROC": "image AUROC", "pixel_AUROC": "pixel AUROC",
@@ -70,6 +70,20 @@ def anomaly_map_panels(images: list[np.ndarray], masks: list[np.ndarray], maps: 
         ax.set_title(name, fontsize=10)
     fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.5, aspect=30, label="anomaly score")
     return fig
+
+
+def one_defect_per_class(test, records) -> list[int]:
+    """Indices of one defective test image per class, for a figure's rows: row r shows the first image of
+    the r-th defect kind (cycling) of the r-th class, so the rows cover the kinds. ``test``: a FeatureSet
+    (classes, labels); ``records``: the dataset's records in the same order (their ``defect``)."""
+    picked = []
+    for row, cls in enumerate(sorted(set(test.classes))):
+        defective = [j for j, c in enumerate(test.classes) if c == cls and test.labels[j] == 1]
+        if not defective:
+            continue
+        kinds = sorted({records[j].defect for j in defective})
+        picked.append(next(j for j in defective if records[j].defect == kinds[row % len(kinds)]))
+    return picked
 
 
 def training_curves(curves: dict[str, "pd.DataFrame"], metrics: tuple[str, ...] = ("loss", "image_AUROC", "pixel_AUROC"),

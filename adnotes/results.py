@@ -27,7 +27,7 @@ import torch
 from .files import atomic, locked
 from .paths import configs_dir
 
-__all__ = ["RECIPES", "ABLATIONS", "ablation_recipe", "Recipe", "results_dir", "load_or_train", "cached", "regenerate", "verify", "manifest"]
+__all__ = ["RECIPES", "ABLATIONS", "ablation_recipe", "Recipe", "results_dir", "load_or_train", "load_result", "cached", "cached_seeds", "regenerate", "verify", "manifest"]
 
 
 @dataclass(frozen=True)
@@ -237,38 +237,111 @@ def load_or_train(name: str, session) -> Path:
     return _train(name, session)
 
 
-def _slim_copy(run: Path, dest: Path, weights: bool = True) -> None:
-    """Config, environment, curves and metrics of every seed; the first seed's weights in float16 (no
-    optimizer state; none with ``weights=False``). Other seeds' weights stay in runs/: the cache holds
-    what the notebooks read."""
+def load_result(name: str, session):
+    """``(run folder, session)`` for recipe ``name``, as :func:`load_or_train`; in full mode, when the
+    paper's data or backbone weights are missing here, the quick cached result instead, said plainly, with
+    the quick session it belongs to (a notebook carries on with that session: ``run, S = load_result(...)``)."""
+    from .notebook import setup
+
+    try:
+        return load_or_train(name, session), session
+    except (FileNotFoundError, RuntimeError) as error:  # no MVTec-AD / no hub weights on this machine
+        if session.quick:
+            raise
+        print(f"full mode is not possible here ({str(error).splitlines()[0]})\n"
+              "-> falling back to the QUICK cached result: the numbers below are not the paper's setting")
+        quick = setup(True, seed=session.seed, device=session.device.type, verbose=False)
+        return load_or_train(name, quick), quick
+
+
+def _slim_copy(run: Path, target: Path, weights: bool = True) -> None:
+    """Into the new folder ``target``: config, environment, curves and metrics of every seed; the first
+    seed's weights in float16 (no optimizer state; none with ``weights=False``). Other seeds' weights stay
+    in runs/: the cache holds what the notebooks read."""
     import yaml
 
     first = f"seed{yaml.safe_load((run / 'config.yaml').read_text())['train']['seeds'][0]}"
-    new, old = (dest.with_name(f".{dest.name}.{what}{os.getpid()}") for what in ("new", "old"))
-    shutil.rmtree(new, ignore_errors=True)
     for path in sorted(run.rglob("*")):
         rel = path.relative_to(run)
         if not path.is_file():
             continue
-        target = new / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        out = target / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
         first_seed = rel.parts[0] == first and weights
         if path.name == "weights.pt" and not rel.parts[0].startswith("seed") and weights:  # picture decoders
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
+            _save_half(torch.load(path, map_location="cpu", weights_only=True), out)
         elif path.name == "checkpoint.pt" and first_seed:  # float16: half the size, same maps to ~1e-3
-            state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-            torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
-                       target.with_name("weights.pt"))
+            _save_half(torch.load(path, map_location="cpu", weights_only=True)["model"], out.with_name("weights.pt"))
         elif path.name.startswith("weights_step") and first_seed:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
+            _save_half(torch.load(path, map_location="cpu", weights_only=True), out)
         elif path.suffix in (".yaml", ".json", ".csv"):
-            shutil.copy2(path, target)
-    if dest.exists():  # written aside, then swapped in: a killed copy never leaves a half result
+            shutil.copy2(path, out)
+
+
+def _save_half(state: dict, path: Path) -> None:
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+
+
+def _swap_in(build, dest: Path) -> None:
+    """``build(folder)`` writes a new result aside, which then replaces ``dest``: a killed copy never
+    leaves a half result."""
+    new, old = (dest.with_name(f".{dest.name}.{what}{os.getpid()}") for what in ("new", "old"))
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    build(new)
+    if dest.exists():
         dest.rename(old)
     new.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _without_seeds(cfg) -> dict:
+    d = json.loads(json.dumps(cfg.to_dict()))
+    d["train"].pop("seeds")
+    return d
+
+
+def cached_seeds(name: str, quick: bool = True) -> list[int]:
+    """The seeds of recipe ``name`` already in the cache and made with its current config (else [])."""
+    from .notebook import setup
+    from .train import Config
+
+    folder = results_dir() / _key(name, quick)
+    if not (folder / "config.yaml").is_file() or verify(_key(name, quick)):
+        return []
+    saved = Config.load(folder / "config.yaml")
+    if _without_seeds(saved) != _without_seeds(_config(name, setup(quick, verbose=False))):
+        return []
+    return [s for s in saved.train.seeds if (folder / f"seed{s}").is_dir()]
+
+
+def _merge_seed(run: Path, dest: Path, cfg, seed: int, weights: bool) -> list[int]:
+    """Put the one-seed run ``run`` into the cached result ``dest`` beside the seeds it already holds
+    (when they were made with the same config; otherwise it starts afresh). The config lists the seeds
+    held, in the recipe's order; only the first of them keeps weights. Returns the seeds held."""
+    import yaml
+
+    from .train import Config, summarise
+
+    same = (dest / "config.yaml").is_file() and _without_seeds(Config.load(dest / "config.yaml")) == _without_seeds(cfg)
+    held = [s for s in Config.load(dest / "config.yaml").train.seeds if (dest / f"seed{s}").is_dir()] if same else []
+    seeds = [s for s in cfg.train.seeds if s in {*held, seed}]
+
+    def build(new: Path) -> None:
+        _slim_copy(run, new, weights)
+        for s in held:
+            if s != seed:
+                shutil.copytree(dest / f"seed{s}", new / f"seed{s}")
+        merged = cfg.to_dict()
+        merged["train"]["seeds"] = seeds
+        (new / "config.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+        for s in seeds[1:]:  # the cache keeps the first seed's weights only
+            for path in (new / f"seed{s}").glob("weights*.pt"):
+                path.unlink()
+        summarise(new).to_csv(new / "curves_summary.csv", index=False)
+
+    _swap_in(build, dest)
+    return seeds
 
 
 def _write_manifest(key: str, entry: dict) -> None:
@@ -283,21 +356,53 @@ def _write_manifest(key: str, entry: dict) -> None:
         tmp.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True))
 
 
-def regenerate(names: list[str] | None = None, *, quick: bool = True) -> list[Path]:
-    """Train (or load from runs/) each recipe and copy it into the cache; rewrites the manifest."""
+def regenerate(names: list[str] | None = None, *, quick: bool = True, seeds: list[int] | None = None) -> list[Path]:
+    """Train (or load from runs/) each recipe and copy it into the cache; rewrites the manifest.
+
+    A recipe of several seeds trains them one run per seed, and each seed lands in the cache as soon as it
+    has finished: a long recipe can grow across sessions (``seeds``: only these; seeds already cached with
+    the same config are skipped)."""
     from .notebook import setup
+    from .train import Config, train_or_load
 
     session = setup(quick)
     out = []
     for name in names or list(RECIPES):
-        run = _train(name, session)
-        dest = results_dir() / _key(name, quick)
-        with locked(results_dir() / ".lock"):  # several `results` processes may share the cache
-            _slim_copy(run, dest, _recipe(name).weights)
-            _write_manifest(_key(name, quick), {
-                "command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",
-                "made": time.strftime("%Y-%m-%d"), "run": run.name,
-                "environment": json.loads((run / "environment.json").read_text())})
-        print(f"cached {dest}")
+        recipe, cfg, key = _recipe(name), _config(name, session), _key(name, quick)
+        dest = results_dir() / key
+        if recipe.kind != "run":
+            run = _train(name, session)
+            with locked(results_dir() / ".lock"):  # several `results` processes may share the cache
+                _swap_in(lambda new: _slim_copy(run, new, recipe.weights), dest)
+                _write_manifest(key, _entry(name, quick, [run]))
+            print(f"cached {dest}")
+            out.append(dest)
+            continue
+        if unknown := sorted(set(seeds or []) - set(cfg.train.seeds)):
+            raise ValueError(f"{name}: seeds {unknown} are not in the recipe's seeds {cfg.train.seeds}")
+        done = cached_seeds(name, quick)
+        for seed in [s for s in cfg.train.seeds if s in (seeds or cfg.train.seeds)]:
+            if seed in done:
+                print(f"{name} seed {seed}: already cached")
+                continue
+            one = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "seeds": [seed]}})
+            run = train_or_load(one, name)
+            with locked(results_dir() / ".lock"):
+                done = _merge_seed(run, dest, cfg, seed, recipe.weights)
+                _write_manifest(key, _entry(name, quick, [run], done, cfg.train.seeds))
+            print(f"cached {dest} (seeds {done} of {cfg.train.seeds})")
         out.append(dest)
     return out
+
+
+def _entry(name: str, quick: bool, runs: list[Path], seeds: list[int] | None = None,
+           wanted: list[int] | None = None) -> dict:
+    """The manifest's record of how a result was made (and, for a recipe still growing, what is missing)."""
+    entry = {"command": f"python -m adnotes results --only {name}{'' if quick else ' --full'}",
+             "made": time.strftime("%Y-%m-%d"), "run": runs[-1].name,
+             "environment": json.loads((runs[-1] / "environment.json").read_text())}
+    if seeds is not None:
+        entry["seeds"] = seeds
+        if missing := [s for s in wanted if s not in seeds]:
+            entry["missing_seeds"] = missing
+    return entry

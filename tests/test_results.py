@@ -121,3 +121,61 @@ def test_train_init_verifies_a_cached_result_before_reading_it(tmp_path, cache):
     with pytest.raises(ValueError, match="shortcut_mlp does not match results/MANIFEST.json .*metrics.json"):
         trainer.train(cfg, "continued", runs=tmp_path / "runs", features=feats)
     assert not (tmp_path / "runs" / "continued").exists()
+
+
+def test_seeds_that_land_one_by_one_make_the_same_result_as_one_run_of_all(tmp_path, cache):
+    """A long recipe grows seed by seed across sessions: seed 1 first, then seed 0, merged, equals the
+    slim copy of one run that trained both (the reference), except that it is assembled in two steps."""
+    import pandas as pd
+
+    feats = tiny_features()
+    both = tiny_config(seeds="[0, 1]")
+    joint = trainer.train(both, "joint", runs=tmp_path / "runs", features=feats)
+    dest = cache / "shortcut_mlp"
+    for seed in (1, 0):
+        one = tiny_config(seeds=f"[{seed}]")
+        run = trainer.train(one, f"s{seed}", runs=tmp_path / "runs", features=feats)
+        held = results._merge_seed(run, dest, both, seed, weights=True)
+        assert held == ([1] if seed == 1 else [0, 1])
+        assert trainer.Config.load(dest / "config.yaml").train.seeds == held
+    for s in (0, 1):
+        assert pd.read_csv(dest / f"seed{s}" / "curves.csv").equals(pd.read_csv(joint / f"seed{s}" / "curves.csv"))
+    assert (dest / "seed0" / "weights.pt").is_file() and not list((dest / "seed1").glob("weights*.pt"))
+    summary, reference = (pd.read_csv(p / "curves_summary.csv") for p in (dest, joint))
+    pd.testing.assert_frame_equal(summary.drop(columns="std"), reference.drop(columns="std"), check_exact=False,
+                                  rtol=1e-5)
+    # a seed made with another config does not join: the result starts afresh
+    other = tiny_config(seeds="[1]", steps=3)
+    run = trainer.train(other, "other", runs=tmp_path / "runs", features=feats)
+    assert results._merge_seed(run, dest, tiny_config(seeds="[0, 1]", steps=3), 1, weights=True) == [1]
+    assert not (dest / "seed0").exists()
+
+
+def test_load_result_falls_back_to_the_quick_cache_only_in_full_mode(monkeypatch):
+    def fake(name, session):
+        if not session.quick:
+            raise FileNotFoundError("no MVTec-AD at data/mvtec: download it first\nmore")
+        return f"quick/{name}"
+
+    monkeypatch.setattr(results, "load_or_train", fake)
+    run, session = results.load_result("shortcut_mlp", setup(False, verbose=False))
+    assert run == "quick/shortcut_mlp" and session.quick
+    quick = setup(True, verbose=False)
+    assert results.load_result("shortcut_mlp", quick) == ("quick/shortcut_mlp", quick)
+    monkeypatch.setattr(results, "load_or_train", lambda name, session: (_ for _ in ()).throw(FileNotFoundError("x")))
+    with pytest.raises(FileNotFoundError):  # quick mode has nothing to fall back to
+        results.load_result("shortcut_mlp", quick)
+
+
+def test_one_defect_per_class_cycles_the_kinds():
+    from types import SimpleNamespace
+
+    from adnotes.plots import one_defect_per_class
+
+    classes = ["b"] * 5 + ["a"] * 5 + ["c"] * 2
+    kinds = ["good", "scratch", "hole", "hole", "stain", "good", "hole", "scratch", "stain", "scratch", "good", "good"]
+    test = SimpleNamespace(classes=classes, labels=torch.tensor([int(k != "good") for k in kinds]))
+    records = [SimpleNamespace(defect=k) for k in kinds]
+    # row 0 = class a (sorted), kinds hole/scratch/stain -> 1st kind "hole" at index 6; row 1 = class b, kinds
+    # hole/scratch/stain -> 2nd kind "scratch" at index 1; class c has no defective image: no row
+    assert one_defect_per_class(test, records) == [6, 1]
