@@ -1,7 +1,8 @@
-"""The method zoo: every model of the collection on the same data, in one table.
+"""The method zoo: every model of the collection on the same data, in one table (notebook 08's tables and figures).
 
     python -m adnotes zoo            # quick mode: the cached quick runs (results/), else trained
-    table = adnotes.zoo.zoo_table(adnotes.setup())
+    summary, per_class = adnotes.zoo.zoo_table(adnotes.setup())
+    fig, data = adnotes.zoo.plot_zoo(summary, per_class, "quick")   # notebook 08's figure
 
 Columns are the multi-class AD benchmark's (ADer: image AUROC / AP / F1-max, pixel AUROC / AP /
 F1-max, AUPRO, mAD = mean of those seven), per class and as the mean over classes, plus each
@@ -21,14 +22,17 @@ import importlib
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import plots
 from .metrics import METRIC_NAMES
 
-__all__ = ["ZOO", "zoo_table", "model_cost", "published_table"]
+__all__ = ["ZOO", "zoo_table", "model_cost", "published_table", "plot_zoo"]
 
 # label -> (results recipe, model file holding PUBLISHED)
 ZOO: dict[str, tuple[str, str]] = {
@@ -112,3 +116,30 @@ def published_table(methods: list[str] | None = None) -> pd.DataFrame:
                  if methods is None or row["method"] in methods]
     columns = ["method", "dataset", "setting", *[m for m in METRIC_NAMES if any(m in r for r in rows)], "source"]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def plot_zoo(summary: pd.DataFrame, per_class: pd.DataFrame, mode: str) -> tuple[plt.Figure, dict]:
+    """Image and pixel AUROC per method and class (heatmaps), and mean image AUROC against forward GFLOPs
+    (marker area ~ parameters). ``summary``, ``per_class``: :func:`zoo_table`'s. Returns the figure and its data."""
+    image = per_class.pivot(index="method", columns="class", values="image_AUROC").loc[summary.index]
+    pixel = per_class.pivot(index="method", columns="class", values="pixel_AUROC").loc[summary.index]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    for ax, table, title in ((axes[0], image, "image AUROC (%)"), (axes[1], pixel, "pixel AUROC (%)")):
+        sns.heatmap(table, annot=True, fmt=".0f", cmap="viridis", vmin=50, vmax=100, cbar=False, ax=ax)
+        ax.set_title(title)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    axes[1].set_yticklabels([])
+    ax = axes[2]
+    for method, row in summary.iterrows():
+        key = method.lower().replace("-", "").replace("+", "")
+        ax.scatter(row.GFLOPs, row.image_AUROC, s=30 + 40 * row.params_M, color=plots.MODEL_COLORS.get(key, "0.3"),
+                   marker="s" if method.endswith("+") else "o")
+        ax.annotate(method, (row.GFLOPs, row.image_AUROC), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("forward GFLOPs per image (model only)")
+    ax.set_ylabel("image AUROC (%), mean over classes")
+    ax.set_title("quality against cost (marker area ~ parameters)")
+    fig.suptitle(f"The method zoo on adnotes-mini ({mode} mode; each method's own recipe, see the schedule column)")
+    fig.tight_layout()
+    return fig, {"summary": summary.reset_index().to_dict(orient="list"), "per_class": per_class.to_dict(orient="list")}

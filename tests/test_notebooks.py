@@ -56,14 +56,39 @@ def test_executed_notebooks_write_figures_outside_the_checkout_with_portable_pat
     repo_figures = NOTEBOOKS.parent / "figures"
     before = {p.name: p.stat().st_mtime_ns for p in repo_figures.iterdir()}
     nb = nbformat.v4.new_notebook(metadata={"adnotes": {"figures": ["zz_test_figure"]}})
+    nb.cells.append(nbformat.v4.new_markdown_cell("# A test page\nIt shows $g = 1$."))
     nb.cells.append(nbformat.v4.new_code_cell(
         "import matplotlib.pyplot as plt\nfrom adnotes import plots\nfrom adnotes.paths import data_dir\n"
-        "plots.save_figure(plt.figure(), 'zz_test_figure', data={'shown': [data_dir() / 'mini' / 'a.png']})"))
+        "plots.save_figure(plt.figure(), 'zz_test_figure', data={'shown': [data_dir() / 'mini' / 'a.png']})\n"
+        "plt.plot([0, 1], [1, 0]); plt.show(); print('printed 42')"))
     path = tmp_path / "99_test.ipynb"
     nbformat.write(nb, path)
     result = execute_notebook(path, timeout=120)
     assert result.figures == ["zz_test_figure"] and not result.missing
     assert figures_dir() != repo_figures.resolve() and (figures_dir() / "zz_test_figure.png").is_file()
     assert {p.name: p.stat().st_mtime_ns for p in repo_figures.iterdir()} == before
+    page = (figures_dir() / "notebooks" / "99_test.html").read_text()   # the rendered copy, with its outputs
+    assert result.html == figures_dir() / "notebooks" / "99_test.html"
+    assert "<title>A test page</title>" in page and "printed 42" in page and "$g = 1$" in page
+    assert page.count("data:image/png;base64,") == 1 and "<body>" in page
     record = json.loads((figures_dir() / "zz_test_figure.json").read_text())
     assert record["data"]["shown"] == ["mini/a.png"] and str(data_dir()) not in json.dumps(record)
+
+
+def test_rendered_pictures_are_small_and_look_the_same():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from adnotes.figures import _small_png
+
+    x = np.linspace(0, 1, 300)
+    picture = (255 * np.stack([np.outer(x, x), np.outer(x, 1 - x), np.outer(1 - x, x)], -1)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "PNG")
+    small = _small_png(base64.b64encode(buffer.getvalue()).decode())
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(small))).convert("RGB")).astype(int)
+    assert back.shape == picture.shape and len(small) < 0.5 * len(base64.b64encode(buffer.getvalue()))
+    assert np.abs(back - picture).mean() < 4  # 256 colours of a smooth three-channel gradient

@@ -49,3 +49,21 @@ def test_zoo_table_reads_each_runs_final_metrics(tmp_path, monkeypatch):
     assert summary.loc["tiny", "image_AUROC"] == pytest.approx(100 * written["mean"]["image_AUROC"])
     assert per_class.set_index("class").loc["b", "pixel_AUROC"] == pytest.approx(100 * written["b"]["pixel_AUROC"])
     assert summary.loc["tiny", "schedule"] == "4 steps" and summary.loc["tiny", "params_M"] > 0
+
+
+def test_plot_zoo_annotates_each_class_and_places_each_method_at_its_cost():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    summary = pd.DataFrame({"image_AUROC": [80.0, 60.0], "GFLOPs": [0.5, 2.0], "params_M": [1.0, 3.0]},
+                           index=pd.Index(["UniAD", "ADTR+"], name="method"))
+    per_class = pd.DataFrame({"method": ["ADTR+", "ADTR+", "UniAD", "UniAD"], "class": ["a", "b", "a", "b"],
+                              "image_AUROC": [55.0, 65.0, 71.0, 89.0], "pixel_AUROC": [90.0, 91.0, 92.0, 93.0]})
+    fig, data = zoo.plot_zoo(summary, per_class, "quick")
+    image, pixel, cost = fig.axes[:3]
+    assert [t.get_text() for t in image.texts] == ["71", "89", "55", "65"]   # rows in the summary's order
+    assert [t.get_text() for t in pixel.texts] == ["92", "93", "90", "91"]
+    assert [c.get_offsets().tolist() for c in cost.collections] == [[[0.5, 80.0]], [[2.0, 60.0]]]
+    assert [c.get_sizes().tolist() for c in cost.collections] == [[70.0], [150.0]]   # 30 + 40 · params
+    assert data["summary"]["method"] == ["UniAD", "ADTR+"] and data["per_class"]["class"] == ["a", "b", "a", "b"]
+    plt.close(fig)
