@@ -26,7 +26,8 @@ def test_notebook_is_committed_without_outputs_and_follows_the_layout(path):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear the outputs"
     first = nb.cells[0]
-    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), "a title cell first"
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith(f"# {path.name[:2]} · "), \
+        "a title cell first, numbered as the file"
     assert "quick" in first.source.lower(), "the first cell gives the quick-mode runtime"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "QUICK" in params[0].source, "one parameter cell with the QUICK switch"
@@ -36,6 +37,9 @@ def test_notebook_is_committed_without_outputs_and_follows_the_layout(path):
     explained = sum(nb.cells[i - 1].cell_type == "markdown" for i in code)
     assert explained >= 0.6 * len(code), "a markdown cell before each step saying what it shows and why"
     assert nb.cells[-1].cell_type == "markdown", "a short summary at the end"
+    long = [(i, len(c.source.splitlines())) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and len(c.source.splitlines()) > 15]
+    assert not long, f"{path.name}: code cells (index, lines) over 15 lines {long}: move the bookkeeping into the package"
 
 
 @pytest.mark.notebook
