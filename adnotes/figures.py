@@ -4,9 +4,10 @@ The figures come from the notebooks themselves (one path: what a reader sees is 
 Each notebook lists the figures it promises in its metadata, ``{"adnotes": {"figures": [...]}}``;
 after it runs, each of them must have been written (PNG + JSON in ``figures/``) during the run.
 The notebooks on disk are never modified: they are committed without outputs. Each executed notebook
-is also written as a static HTML page, ``figures/notebooks/<notebook>.html``, for a reader who wants
-the outputs without running anything (on a code host, say): plots as 256-colour PNGs, a small
-stylesheet, no JavaScript but MathJax for the formulas, so the pages stay small enough to commit.
+is also written, with its outputs, for a reader who wants them without running anything:
+``figures/notebooks/<notebook>.ipynb`` (code hosts render it) and ``<notebook>.html`` (a static page
+for a browser: a small stylesheet, no JavaScript but MathJax for the formulas). Plots are stored as
+256-colour PNGs, so the copies stay small enough to commit.
 
     python -m adnotes figures               # quick mode, all notebooks
     python -m adnotes figures --only 01 03  # some of them
@@ -107,28 +108,39 @@ def _small_png(data: str) -> str:
     return base64.b64encode(out.getvalue()).decode() if out.tell() < len(data) * 3 // 4 else data
 
 
-def render_html(nb, dest: Path) -> Path:
-    """Write an executed notebook as a static page ``dest``: nbconvert's basic template, code
-    highlighted, images made small (:func:`_small_png`), widgets shown by their text form."""
+def _for_reading(nb):
+    """A copy of an executed notebook to commit: images made small (:func:`_small_png`), widgets shown by
+    their text form, no execution timestamps (a page changes only when an output does)."""
     import copy
-
-    from nbconvert import HTMLExporter
-    from pygments.formatters import HtmlFormatter
 
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
+        cell.metadata.pop("execution", None)
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if "image/png" in data:
                 data["image/png"] = _small_png(data["image/png"])
             data.pop("application/vnd.jupyter.widget-view+json", None)
     nb.metadata.pop("widgets", None)
+    return nb
+
+
+def render_html(nb, dest: Path) -> Path:
+    """Write an executed notebook as readable copies: ``dest`` (a static HTML page: nbconvert's basic
+    template, code highlighted, a small stylesheet) and, beside it, the executed ``.ipynb``, which code
+    hosts render with its outputs. Both through :func:`_for_reading`."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from pygments.formatters import HtmlFormatter
+
+    nb = _for_reading(nb)
     body, _ = HTMLExporter(template_name="basic").from_notebook_node(nb)
     title = next((c.source.lstrip("# ").splitlines()[0] for c in nb.cells if c.cell_type == "markdown"), dest.stem)
     mathjax = ('<script>window.MathJax = {tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]]}};</script>\n'
                '<script async src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>\n')
     css = _STYLE + HtmlFormatter().get_style_defs(".highlight")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest.with_suffix(".ipynb"))
     dest.write_text(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
                     f"<style>{css}</style>\n{mathjax}</head>\n<body>\n{body}\n</body></html>\n")
     return dest

@@ -75,6 +75,11 @@ def test_executed_notebooks_write_figures_outside_the_checkout_with_portable_pat
     assert result.html == figures_dir() / "notebooks" / "99_test.html"
     assert "<title>A test page</title>" in page and "printed 42" in page and "$g = 1$" in page
     assert page.count("data:image/png;base64,") == 1 and "<body>" in page
+    executed = nbformat.read(figures_dir() / "notebooks" / "99_test.ipynb", as_version=4)  # code hosts render it
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("printed 42" in o.get("text", "") for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    assert not any("execution" in c.metadata for c in executed.cells)  # no timestamps: stable diffs
     record = json.loads((figures_dir() / "zz_test_figure.json").read_text())
     assert record["data"]["shown"] == ["mini/a.png"] and str(data_dir()) not in json.dumps(record)
 
