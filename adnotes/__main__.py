@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="nearest-neighbour baseline and quick UniAD on the offline data")
-    demo.add_argument("--dataset", default="mini", choices=("mini", "mvtec", "visa", "realiad"))
+    demo.add_argument("--dataset", default="mini", choices=("mini", "mini_objects", "mvtec", "visa", "realiad"))
     demo.add_argument("--root", help="dataset folder (default: <ADNOTES_HOME>/data/<dataset>)")
     demo.add_argument("--backbone", default="efficientnet_lite0",
                       help="timm model name; efficientnet_b4 is the paper's (needs --weights hub)")
@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--root", required=True, type=Path, help="folder to download and extract into")
     get.add_argument("--force", action="store_true", help="extract (and convert) again over an incomplete folder")
     mini = data_commands.add_parser("mini", help="generate the offline adnotes-mini dataset")
-    mini.add_argument("--root", type=Path, help="output folder (default: <ADNOTES_HOME>/data/adnotes-mini)")
+    mini.add_argument("--root", type=Path, help="output folder (default: <ADNOTES_HOME>/data/adnotes-mini, "
+                      "with --objects adnotes-mini-objects)")
     mini.add_argument("--seed", type=int, default=0)
     mini.add_argument("--size", default="default", help="test images per class, or a preset name")
+    mini.add_argument("--objects", action="store_true",
+                      help="add the object classes beside the textures (the mini_objects dataset)")
 
     args = parser.parse_args(argv)
     try:
@@ -142,12 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"{args.name} is ready at {get(args.name, args.root, force=args.force)}")
         else:
+            from .data.datasets import FOLDERS
             from .data.mini import make_mini
             from .paths import data_dir
 
             size = int(args.size) if args.size.isdigit() else args.size
-            root = make_mini(args.root or data_dir() / "adnotes-mini", seed=args.seed, size=size)
-            print(f"adnotes-mini is ready at {root}")
+            name = "mini_objects" if args.objects else "mini"
+            root = make_mini(args.root or data_dir() / FOLDERS[name], seed=args.seed, size=size, objects=args.objects)
+            print(f"adnotes-mini{' with its object classes' if args.objects else ''} is ready at {root}")
     except (OSError, ValueError, RuntimeError) as error:  # bad input: the message says what to do
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -63,6 +63,7 @@ ANATOMY = {"transformer": ("transformer", ()),
            "nma": ("transformer", ("model.args={neighbor_mask: [true, true, true]}",)),
            "queries": ("uniad", ("model.args={jitter_prob: 0.0}",)),
            "jitter": ("uniad", ())}
+MINI_OBJECTS = "data.dataset=mini_objects"  # adnotes-mini with its object classes beside the textures
 WINDOWS = (1, 3, 5, 9)  # UniAD's neighbour window k×k (7×7 is the anatomy's "jitter" row)
 _ONE_SEED = ("train.steps=600", "eval.every=60", "train.seeds=[0]")
 _ABLATION = ("train.steps=400", "eval.every=100", "train.seeds=[0]")
@@ -107,6 +108,13 @@ RECIPES: dict[str, Recipe] = {
                                      (SEEDS, f"model.args={{neighbor_size: {k}}}"),
                                      f"UniAD with a {k}x{k} neighbour mask: copy gain against the window",
                                      ("01_identity_shortcut",), weights=False) for k in WINDOWS},
+    # What the neighbour mask costs, on textures and on aligned objects (shortcut.mask_cost_table): the anatomy's
+    # "transformer" and "nma" rows on adnotes-mini with its object classes (MVTec-AD is two-thirds objects).
+    **{f"maskcost_{row}": Recipe(ANATOMY[row][0], (*_MECHANISM_ATTENTION, *ANATOMY[row][1], MINI_OBJECTS),
+                                 (SEEDS, *ANATOMY[row][1], MINI_OBJECTS),
+                                 f"the anatomy's {row} row on textures and objects: what the neighbour mask costs",
+                                 ("01_identity_shortcut",), weights=False)
+       for row in ("transformer", "nma")},
     "fig4_mlp_unified": Recipe("mlp", _ONE_SEED, (), "MLP, one model for all classes (Fig. 4)",
                                ("02_unified_vs_separate",)),
     "fig4_mlp_separate": Recipe("mlp", (*_ONE_SEED, "train.mode=separate"), ("train.mode=separate",),

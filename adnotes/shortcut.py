@@ -9,6 +9,7 @@ verdict live here, each built from :mod:`adnotes.copying` (the copy gain g and l
     kept = shortcut.kept_table(sc)                 # per model and kept step: g, leak, twin g, AUROC per kind
     width = shortcut.width_table(sc)               # the width sweep beside the linear reference
     print(shortcut.verdict(kept, shortcut.auroc_stats(sc), width=width))
+    cost = shortcut.mask_cost_table(S)              # what the neighbour mask costs, textures vs objects
 
 A mechanism recipe (width, anatomy, unified vs separate) that is not in the results cache is
 never trained here (hours on a CPU): :func:`cached_or_skip` prints the command that makes it.
@@ -26,6 +27,8 @@ from torch import nn
 
 from . import plots, results
 from .copying import Probe, copying, gain_and_leak, linear_gain, run_steps, transplant_probe, twin_probe
+from .data.datasets import MINI_DATASETS
+from .data.mini import TEXTURE_CLASSES
 from .evaluation import evaluate_maps
 from .features import FeatureSet
 from .train import Config, anomaly_maps, build_model, copy_probe, load_features, load_model, summarise
@@ -33,7 +36,7 @@ from .train import Config, anomaly_maps, build_model, copy_probe, load_features,
 __all__ = ["MODELS", "ANATOMY", "WINDOWS", "PAPER_STEPS", "PAPER_BATCH", "Shortcut", "cached_or_skip", "load",
            "provenance", "schedule_table", "block_errors", "plot_live", "kept_table", "plot_copy_gain",
            "decoded_pictures", "auroc_curves", "auroc_stats", "final_rows", "mechanism_table", "width_table",
-           "plot_width", "donor_gains", "donor_table", "verdict"]
+           "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table", "verdict"]
 
 MODELS = ("mlp", "cnn", "transformer", "uniad")   # the four panels of UniAD Fig. 2a
 ANATOMY = {"anatomy_transformer": "vanilla transformer (one query)", "anatomy_nma": "+ neighbour mask",
@@ -114,7 +117,7 @@ def load(session, *, train_missing: bool = False) -> Shortcut:
         else:
             cached_or_skip(name, source)
     cfg = _run_config(next(iter(runs.values()))) if runs else _recipe_config("shortcut_mlp", source)
-    twins = cfg.data.dataset == "mini"
+    twins = cfg.data.dataset in MINI_DATASETS
     train, test, *rest = load_features(cfg, splits=("train", "test", "twins") if twins else ("train", "test"))
     for m, run in runs.items():
         c = _run_config(run)
@@ -519,6 +522,46 @@ def _final_image_auroc(run: Path) -> float:
     """The final class-mean image AUROC of a run (separate mode: the mean over its per-class models)."""
     curve = _curve(summarise(run), "image_AUROC")
     return float(curve["mean"].iloc[-1])
+
+
+# ----------------------------------------------------------------------------- what the neighbour mask costs
+
+MASK_COST = {"maskcost_transformer": "no mask", "maskcost_nma": "mask"}   # recipe -> column label
+_TEXTURES = {*TEXTURE_CLASSES, "carpet", "grid", "leather", "tile", "wood"}  # adnotes-mini's and MVTec-AD's
+
+
+def _final_by_class(run: str | Path) -> pd.DataFrame:
+    """Per class (index, the ``mean`` row left out): ``normal_error`` and ``image_AUROC`` of each seed's last
+    evaluation, averaged over seeds (NaN for a column the run did not log)."""
+    curves = [pd.read_csv(p) for p in sorted(Path(run).glob("seed*/curves.csv"))]
+    if not curves:
+        raise FileNotFoundError(f"no seed*/curves.csv under {run}")
+    last = pd.concat([c[(c.step == c.step.max()) & (c.cls != "mean")] for c in curves])
+    return last.reindex(columns=["cls", "normal_error", "image_AUROC"]).groupby("cls").mean()
+
+
+def mask_cost_table(session, recipes: dict[str, str] = MASK_COST) -> pd.DataFrame:
+    """What UniAD's neighbour mask costs on normal content, per class and kind: the vanilla transformer
+    without and with the mask (``maskcost_transformer``, ``maskcost_nma``; adnotes-mini with its aligned
+    object classes). Per class: ``kind`` (texture or object), the normal error Σ‖f(x) − x‖ / Σ‖x‖ on the copy
+    probe's normal tokens and the image AUROC without → with the mask (final evaluation, mean over seeds),
+    and their changes ``Δ`` (with − without); then the rows ``textures`` and ``objects``, the means over
+    their classes. A recipe missing from the cache is skipped with one line saying how to make it (never
+    trained here): its columns are NaN, and the table is empty when both are missing."""
+    finals = {label: _final_by_class(folder) for name, label in recipes.items()
+              if (folder := cached_or_skip(name, session))}
+    if not finals:
+        return pd.DataFrame()
+    classes = sorted(set().union(*(f.index for f in finals.values())), key=lambda c: (c not in _TEXTURES, c))
+    table = pd.DataFrame({"kind": ["texture" if c in _TEXTURES else "object" for c in classes]}, index=classes)
+    without, with_mask = recipes.values()
+    for metric, short in (("normal_error", "normal error"), ("image_AUROC", "image AUROC")):
+        for label in (without, with_mask):
+            table[f"{short}, {label}"] = finals[label][metric] if label in finals else np.nan
+        table[f"Δ {short}"] = table[f"{short}, {with_mask}"] - table[f"{short}, {without}"]
+    means = table.groupby("kind").mean().rename(index={"texture": "textures", "object": "objects"})
+    means.insert(0, "kind", means.index.str.removesuffix("s"))
+    return pd.concat([table, means.reindex([k for k in ("textures", "objects") if k in means.index])])
 
 
 # ----------------------------------------------------------------------------- the verdict

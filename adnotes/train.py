@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .data import load_dataset
-from .data.datasets import DATASETS
+from .data.datasets import DATASETS, MINI_DATASETS
 from .copying import Probe, per_class, transplant_probe
 from .evaluation import evaluate_maps, kind_column
 from .features import FeatureSet, cached_features
@@ -88,7 +88,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    dataset: str = "mini"        # mini | mvtec | visa | cifar10 | digits
+    dataset: str = "mini"        # mini | mini_objects | mvtec | visa | realiad | cifar10 | digits
     root: str | None = None
     classes: list[str] | None = None
     normal: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # semantic AD only
@@ -361,8 +361,9 @@ def make_backbone(d: DataSection) -> nn.Module:
 def load_features(cfg: Config, device: str = "cpu", splits: tuple[str, ...] = ("train", "test")
                   ) -> tuple[FeatureSet, ...]:
     """Cached backbone features of the splits the config names, in the order asked: the train split
-    comes with its generated anomalies (``data.synthetic``); ``"twins"`` (adnotes-mini) are the clean
-    twins of the test split's defective images, in their order (:func:`adnotes.copying.twin_probe`)."""
+    comes with its generated anomalies (``data.synthetic``); ``"twins"`` (adnotes-mini, with or without its
+    objects) are the clean twins of the test split's defective images, in their order
+    (:func:`adnotes.copying.twin_probe`)."""
     from .data.datasets import ADDataset
     from .data.mini import twin_records
     from .data.synthetic import with_synthetic
@@ -373,10 +374,11 @@ def load_features(cfg: Config, device: str = "cpu", splits: tuple[str, ...] = ("
 
     def dataset(name: str):
         if name == "twins":  # adnotes-mini's clean twins of the defective test images, in their order
-            if d.dataset != "mini":
-                raise ValueError(f"the twins split exists for adnotes-mini only, not {d.dataset!r}")
+            if d.dataset not in MINI_DATASETS:
+                raise ValueError(f"the twins split exists for adnotes-mini only ({', '.join(MINI_DATASETS)}), "
+                                 f"not {d.dataset!r}")
             test = load_dataset(d.dataset, "test", **split)
-            return ADDataset(twin_records(test.records), d.image_size, name="mini/twins")
+            return ADDataset(twin_records(test.records), d.image_size, name=f"{d.dataset}/twins")
         data = load_dataset(d.dataset, name, **split)
         return with_synthetic(data, d.synthetic, d.synthetic_copies) if name == "train" else data
 

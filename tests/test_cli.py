@@ -58,6 +58,17 @@ def test_a_smaller_mini_dataset_is_read_where_it_was_made(tmp_path, home):
     assert len(test) == 4 * len(test.classes) and sum(r.label for r in test.records) == 2 * len(test.classes)
 
 
+def test_mini_objects_is_made_where_its_dataset_name_reads_it(home):
+    from adnotes.data import load_dataset
+    from adnotes.data.mini import OBJECT_CLASSES, TEXTURE_CLASSES
+
+    assert main(["data", "mini", "--objects", "--size", "4"]) == 0
+    assert (home / "data" / "adnotes-mini-objects" / "cat" / "train" / "good").is_dir()
+    assert not (home / "data" / "adnotes-mini").exists()
+    test = load_dataset("mini_objects", "test")    # the folder just made, not a new default-size one
+    assert test.classes == sorted((*TEXTURE_CLASSES, *OBJECT_CLASSES)) and len(test) == 4 * len(test.classes)
+
+
 def test_train_and_eval_from_the_command_line(tmp_path, home, capsys):
     root = make_mvtec(tmp_path / "mvtec", n_train=4, size=64)
     args = ["train", "--name", "tiny", "--set", f"data.dataset=mvtec", f"data.root={root}", "data.image_size=64",

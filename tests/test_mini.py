@@ -2,11 +2,17 @@
 
 Independent references: masks are checked against the pixels that really changed (a clean crop
 rebuilt from the manifest's crop record and the scikit-image photo), boxes against brute-force
-intersection, and bytes against a second generation.
+intersection, and bytes against a second generation. The object classes (``objects=True``): the
+textures' bytes against a generation without them, their alignment against the textures' (pairwise
+correlation) and against the jitter bounds (the recorded affine maps decomposed by hand).
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +20,12 @@ import pytest
 from PIL import Image
 
 from adnotes.data import mini
-from adnotes.data.mini import (CLASSES, DEFECT_TYPES, MANIFEST_NAME, apply_defect, make_mini,
-                               source_images)
+from adnotes.data.mini import (CLASSES, DEFECT_TYPES, GENERATOR_VERSION, MANIFEST_NAME, OBJECT_CLASSES,
+                               TEXTURE_CLASSES, MiniSettings, apply_defect, make_mini, source_images)
 
 SIZE = 10  # test images per class: 5 good + one of each of the 5 defect types
 PARAMS = dict(seed=0, size=SIZE, image_size=96)
+SMALL = dict(seed=0, size="small", image_size=96)  # 20 test images per class
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +41,22 @@ def files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, Path]:
+    """The "small" dataset at 96 px without and with the object classes."""
+    base = tmp_path_factory.mktemp("small")
+    return make_mini(base / "default", **SMALL), make_mini(base / "objects", **SMALL, objects=True)
+
+
 def clean_crop(row: dict, image_size: int) -> np.ndarray:
-    """Rebuild a crop from its manifest record: the photo through the recorded affine map."""
+    """Rebuild a crop from its manifest record: the photo through the recorded affine map (objects: then
+    the recorded brightness and contrast, image = round(gain * resampled + offset))."""
     photo = Image.fromarray(source_images()[row["class"]])
-    return np.asarray(photo.transform((image_size, image_size), Image.AFFINE, row["affine"], Image.BICUBIC))
+    image = np.asarray(photo.transform((image_size, image_size), Image.AFFINE, row["affine"], Image.BICUBIC))
+    if "photometric" in row:
+        gain, offset = row["photometric"]
+        image = np.clip(np.round(gain * image.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    return image
 
 
 def overlap(a, b) -> bool:
@@ -93,10 +112,14 @@ def test_manifest_rows_match_files(dataset):
         assert row["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
-def test_files_are_clean_crops_outside_the_masks(dataset):
+@pytest.mark.parametrize("which", ["textures", "with objects"])
+def test_files_are_clean_crops_outside_the_masks(dataset, small, which):
     """Every good image is exactly its recorded crop; a defective one differs from that crop
     nowhere outside its mask, and on most of the mask's pixels."""
-    for row in manifest(dataset)["images"]:
+    dataset = dataset if which == "textures" else small[1]
+    rows = manifest(dataset)["images"]
+    assert {r["class"] for r in rows} == set(CLASSES if which == "textures" else (*CLASSES, *OBJECT_CLASSES))
+    for row in rows:
         image = np.asarray(Image.open(dataset / row["file"]))
         changed = (image != clean_crop(row, PARAMS["image_size"])).any(-1)
         if row["mask"] is None:
@@ -265,3 +288,124 @@ def test_two_processes_at_once_share_one_dataset(dataset, tmp_path):
     assert made == [root, root]
     assert files(Path(root)) == files(dataset)           # the same bytes as one process alone writes
     assert [p.name for p in tmp_path.iterdir()] == ["shared"]  # no partial sibling or lock file left
+
+
+# ----------------------------------------------------------------------------- object classes
+
+def sha256s(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_object_classes_leave_the_default_dataset_unchanged(small):
+    default, objects = small
+    expected = {"generator": "adnotes.data.mini", "version": GENERATOR_VERSION, "seed": 0, "size": "small",
+                "n_train": 26, "n_test_good": 10, "n_test_defect": 10, "image_size": 96,
+                "settings": json.loads(json.dumps(asdict(MiniSettings())))}
+    assert manifest(default)["params"] == expected            # no trace of the option when it is off
+    params = manifest(objects)["params"]
+    assert params.pop("objects")["classes"] == list(OBJECT_CLASSES) and params == expected
+    assert sorted(p.name for p in default.iterdir() if p.is_dir()) == sorted(TEXTURE_CLASSES)
+    assert sorted(p.name for p in objects.iterdir() if p.is_dir()) == sorted((*TEXTURE_CLASSES, *OBJECT_CLASSES))
+    before, after = sha256s(default), sha256s(objects)
+    del before[MANIFEST_NAME]
+    assert {k: v for k, v in after.items() if k.split("/")[0] in TEXTURE_CLASSES} == before  # the same bytes
+    rows = manifest(objects)["images"]
+    assert [r for r in rows if r["class"] in TEXTURE_CLASSES] == manifest(default)["images"]
+    assert all(set(r) == set(rows[0]) | {"photometric"} for r in rows if r["class"] in OBJECT_CLASSES)
+    assert CLASSES == TEXTURE_CLASSES and not set(TEXTURE_CLASSES) & set(OBJECT_CLASSES) and len(OBJECT_CLASSES) >= 4
+
+
+def grey(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L").resize((48, 48), Image.BILINEAR), np.float64).ravel()
+
+
+def test_object_images_are_aligned_and_texture_crops_are_not(small):
+    """Two normal images of an object show the same view: their pixels correlate strongly, where two
+    crops of a texture (random position, rotation, flip) do not correlate at all on average."""
+    root = small[1]
+
+    def mean_correlation(cls: str) -> float:
+        images = [grey(p) for p in sorted((root / cls / "train" / "good").glob("*.png"))[:12]]
+        return float(np.mean([np.corrcoef(a, b)[0, 1] for a, b in itertools.combinations(images, 2)]))
+
+    objects = {c: mean_correlation(c) for c in OBJECT_CLASSES}
+    textures = {c: mean_correlation(c) for c in TEXTURE_CLASSES}
+    assert min(objects.values()) > 0.5, objects
+    assert max(abs(v) for v in textures.values()) < 0.2, textures
+
+
+def test_object_maps_stay_near_the_fixed_view(small):
+    """The recorded affine map of every object image, decomposed by hand: no flip, and rotation, scale
+    and shift of the view within the recorded jitter; it reads inside the photo (with the 2-pixel reach
+    of bicubic interpolation); brightness and contrast within theirs. Train and test share the view."""
+    meta = manifest(small[1])
+    jitter, S = meta["params"]["objects"]["jitter"], SMALL["image_size"]
+    photos = source_images()
+    for cls in OBJECT_CLASSES:
+        x0, y0, x1, y1 = view = meta["classes"][cls]["view_box"]
+        side = x1 - x0
+        assert y1 - y0 == side, f"{cls}: the view is not square"
+        rows = [r for r in meta["images"] if r["class"] == cls]
+        assert {r["split"] for r in rows} == {"train", "test"}
+        height, width = photos[cls].shape[:2]
+        for row in rows:
+            a, b, c, d, e, f = row["affine"]
+            assert a * e - b * d > 0, f"{row['file']}: mirrored"
+            assert math.degrees(abs(math.atan2(d, a))) <= jitter["rotation"] + 1e-9, row["file"]
+            assert abs(math.hypot(a, d) * S / side - 1) <= jitter["scale"] + 1e-9, row["file"]
+            cx, cy = a * S / 2 + b * S / 2 + c, d * S / 2 + e * S / 2 + f   # where the image centre reads
+            assert abs(cx - (x0 + x1) / 2) <= jitter["shift"] * side + 1e-6, row["file"]
+            assert abs(cy - (y0 + y1) / 2) <= jitter["shift"] * side + 1e-6, row["file"]
+            for u, v in [(0, 0), (S, 0), (0, S), (S, S)]:
+                x, y = a * u + b * v + c, d * u + e * v + f
+                assert 2 <= x <= width - 2 and 2 <= y <= height - 2, (row["file"], view)
+            # image = brightness * (128 + contrast * (resampled - 128)) = gain * resampled + offset
+            gain, offset = row["photometric"]
+            brightness = gain + offset / 128
+            assert abs(brightness - 1) <= jitter["brightness"] + 1e-9, row["file"]
+            assert abs(gain / brightness - 1) <= jitter["contrast"] + 1e-9, row["file"]
+
+
+def test_objects_are_deterministic(small, tmp_path):
+    again = make_mini(tmp_path / "again", **SMALL, objects=True)
+    assert sha256s(again) == sha256s(small[1])
+
+
+def test_the_loader_reads_mini_objects(small, tmp_path, monkeypatch):
+    from adnotes.data import load_dataset
+
+    test = load_dataset("mini_objects", "test", root=small[1])
+    assert test.classes == sorted((*TEXTURE_CLASSES, *OBJECT_CLASSES))
+    assert len(test) == 20 * len(test.classes) and sum(r.label for r in test.records) == 10 * len(test.classes)
+    # made on first use at <data>/adnotes-mini-objects, with the object classes
+    made = []
+    real = mini.make_mini
+    monkeypatch.setenv("ADNOTES_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(mini, "make_mini", lambda root, **kw: made.append((root, kw)) or real(root, **PARAMS, **kw))
+    train = load_dataset("mini_objects", "train")
+    assert [(r.name, kw) for r, kw in made] == [("adnotes-mini-objects", {"objects": True})]
+    assert "cat" in train.classes and "brick" in train.classes
+    load_dataset("mini", "train")
+    assert [(r.name, kw) for r, kw in made[1:]] == [("adnotes-mini", {"objects": False})]
+
+
+def test_the_trainer_reads_mini_objects_and_its_twins(small, monkeypatch):
+    """``data.dataset=mini_objects`` passes the config check, and the trainer's splits (train, test, the clean
+    twins) come from its folder, each under its own feature-cache name; the twins pair up with the defective
+    test images in order (the same crop without its defect)."""
+    from adnotes import train as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "make_backbone", lambda d: None)
+    monkeypatch.setattr(trainer, "cached_features", lambda backbone, data, **kw: seen.setdefault(data.name, data))
+    cfg = trainer.Config.load(None, ["data.dataset=mini_objects", f"data.root={small[1]}", "data.image_size=96"])
+    trainer.load_features(cfg, splits=("train", "test", "twins"))
+    assert list(seen) == ["mini_objects/train", "mini_objects/test", "mini_objects/twins"]
+    defective = [r for r in seen["mini_objects/test"].records if r.label]
+    twins = seen["mini_objects/twins"].records
+    assert [(t.cls, t.defect, t.label) for t in twins] == [(r.cls, r.defect, 0) for r in defective]
+    assert all(t.image == r.image.parents[2] / "twins" / r.defect / r.image.name for t, r in zip(twins, defective))
+    assert {"cat", "brick"} <= set(seen["mini_objects/train"].classes)
+    with pytest.raises(ValueError, match="twins split exists for adnotes-mini only"):
+        trainer.load_features(trainer.Config.load(None, ["data.dataset=digits"]), splits=("twins",))

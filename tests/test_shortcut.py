@@ -81,6 +81,60 @@ def test_a_missing_mechanism_recipe_is_skipped_with_one_line_and_never_trained(t
     assert "--only anatomy_jitter --full` makes it" in capsys.readouterr().out
 
 
+def test_the_mask_cost_table_reads_each_seeds_last_step_per_class_and_kind(tmp_path, monkeypatch, capsys):
+    """Hand-made curves of the two mask-cost recipes: per class, the mean over seeds of each seed's last step
+    (seed 1 evaluated once more than seed 0), without → with the mask; the kind rows average their classes."""
+    rng = np.random.default_rng(0)
+    classes = {"brick": "texture", "grass": "texture", "cat": "object", "cup": "object", "rocket": "object"}
+    truth = {}   # (recipe, cls) -> [(normal_error, image_AUROC) at each seed's last step]
+    for name in shortcut.MASK_COST:
+        for seed, last in ((0, 400), (1, 600)):
+            rows = []
+            for step in (200, last):
+                for cls in [*classes, "mean"]:
+                    err, auroc = rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0)
+                    rows.append({"cls": cls, "step": step, "image_AUROC": auroc, "normal_error": err, "copy_gain": 0.3})
+                    if step == last and cls != "mean":
+                        truth.setdefault((name, cls), []).append((err, auroc))
+            write_curves(tmp_path / name / f"seed{seed}", rows)
+    monkeypatch.setattr(results, "cached", lambda name, quick=True: tmp_path / name if name in shortcut.MASK_COST else None)
+    monkeypatch.setattr(results, "load_or_train", lambda *a, **k: pytest.fail("a mask-cost recipe was trained"))
+    table = shortcut.mask_cost_table(SimpleNamespace(quick=True))
+    assert list(table.index) == ["brick", "grass", "cat", "cup", "rocket", "textures", "objects"]
+    assert table["kind"].tolist() == [*classes.values(), "texture", "object"]
+    for cls in classes:
+        for name, label in (("maskcost_transformer", "no mask"), ("maskcost_nma", "mask")):
+            assert table.loc[cls, f"normal error, {label}"] == pytest.approx(statistics.mean(e for e, _ in truth[name, cls]))
+            assert table.loc[cls, f"image AUROC, {label}"] == pytest.approx(statistics.mean(a for _, a in truth[name, cls]))
+        assert table.loc[cls, "Δ normal error"] == pytest.approx(
+            statistics.mean(e for e, _ in truth["maskcost_nma", cls]) - statistics.mean(e for e, _ in truth["maskcost_transformer", cls]))
+    for row, members in (("textures", ["brick", "grass"]), ("objects", ["cat", "cup", "rocket"])):
+        for column in ("normal error, no mask", "normal error, mask", "image AUROC, mask", "Δ image AUROC"):
+            assert table.loc[row, column] == pytest.approx(statistics.mean(table.loc[c, column] for c in members))
+    assert capsys.readouterr().out == ""
+
+    # one recipe missing: its columns are NaN, one line says how to make it; both missing: an empty table
+    monkeypatch.setattr(results, "cached", lambda name, quick=True: tmp_path / name if name == "maskcost_nma" else None)
+    table = shortcut.mask_cost_table(SimpleNamespace(quick=False))
+    assert table["normal error, no mask"].isna().all() and table["normal error, mask"].notna().all()
+    assert capsys.readouterr().out.strip() == ("maskcost_transformer: not in the results cache yet: "
+                                               "`python -m adnotes results --only maskcost_transformer --full` makes it")
+    monkeypatch.setattr(results, "cached", lambda name, quick=True: None)
+    assert shortcut.mask_cost_table(SimpleNamespace(quick=True)).empty
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_the_mask_cost_recipes_are_the_anatomy_rows_on_mini_objects():
+    for row in ("transformer", "nma"):
+        recipe, anatomy = results.RECIPES[f"maskcost_{row}"], results.RECIPES[f"anatomy_{row}"]
+        assert recipe.config == anatomy.config and not recipe.weights
+        assert recipe.notebooks == ("01_identity_shortcut",)
+        for mode in ("quick", "full"):
+            ours, theirs = getattr(recipe, mode), getattr(anatomy, mode)
+            assert [o for o in ours if o != "data.dataset=mini_objects"] == list(theirs)
+            assert "data.dataset=mini_objects" in ours and "train.seeds=[0,1,2]" in ours
+
+
 # ----------------------------------------------------------------------------- measurements on a probe
 
 def test_block_errors_against_a_token_by_token_loop():

@@ -362,29 +362,31 @@ def _nonzero(mask: Image.Image) -> np.ndarray:
 
 # --------------------------------------------------------------------------- by name
 
-DATASETS = ("mini", "mvtec", "visa", "realiad", "cifar10", "digits")
+DATASETS = ("mini", "mini_objects", "mvtec", "visa", "realiad", "cifar10", "digits")
+MINI_DATASETS = ("mini", "mini_objects")  # adnotes-mini: the textures; with its object classes beside them
+FOLDERS = {"mini": "adnotes-mini", "mini_objects": "adnotes-mini-objects", "mvtec": "mvtec_anomaly_detection",
+           "visa": "visa_pytorch", "realiad": "Real-IAD", "cifar10": "cifar-10-batches-py"}  # under data_dir()
 
 
 def load_dataset(name: str, split: str, *, root: str | Path | None = None,
                  classes: Sequence[str] | None = None, normal: Sequence[int] = (0, 1, 2, 3, 4),
                  image_size: int = 224) -> ADDataset:
-    """A dataset by name: ``mini`` (offline default, made on first use), ``mvtec``, ``visa``,
-    ``realiad`` (multi-view protocol ``realiad_jsons``, folder ``Real-IAD``; other protocols:
+    """A dataset by name: ``mini`` (offline default, made on first use), ``mini_objects`` (adnotes-mini with
+    its object classes beside the textures, ``make_mini(objects=True)``, also made on first use), ``mvtec``,
+    ``visa``, ``realiad`` (multi-view protocol ``realiad_jsons``, folder ``Real-IAD``; other protocols:
     :func:`adnotes.data.realiad.realiad_records`), ``cifar10`` or ``digits``. ``root`` defaults to
     ``adnotes.paths.data_dir() / <folder>``; ``normal`` are the normal classes of the semantic sets
     (UniAD Tab. 3 uses {0..4}, {5..9}, {0,2,4,6,8}, {1,3,5,7,9})."""
     from ..paths import data_dir
 
-    folders = {"mini": "adnotes-mini", "mvtec": "mvtec_anomaly_detection", "visa": "visa_pytorch",
-               "realiad": "Real-IAD", "cifar10": "cifar-10-batches-py"}
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    root = Path(root) if root is not None else data_dir() / folders.get(name, "")
-    if name == "mini":
+    root = Path(root) if root is not None else data_dir() / FOLDERS.get(name, "")
+    if name in MINI_DATASETS:
         from .mini import MANIFEST_NAME, check_mini, make_mini
 
-        if not (root / MANIFEST_NAME).is_file():
-            make_mini(root)  # default parameters; `python -m adnotes data mini` makes other sizes
+        if not (root / MANIFEST_NAME).is_file():  # default parameters; `python -m adnotes data mini` makes others
+            make_mini(root, objects=name == "mini_objects")
         check_mini(root)
         records = mvtec_records(root, split, classes)
     elif name == "mvtec":

@@ -20,6 +20,14 @@ Conventions:
 * A crop has a random position, rotation (any angle, quarter or half turns, per class), mirror
   flip and scale, and is resampled to ``image_size`` by one bicubic affine map. No two crops are
   pixel-identical, so a model cannot memorise the training tiles.
+* Object classes (opt-in, ``make_mini(root, objects=True)``, the ``mini_objects`` dataset): cat,
+  cup, rocket, astronaut and cameraman, each **one fixed view** (a square box around the photo's
+  subject). Normal images vary only a little: a shift of up to 3 % of the side, a scale change of
+  up to 5 %, a rotation of up to 3 degrees (no flips), brightness and contrast within 10 %
+  (:data:`OBJECT_JITTER`), so context and position predict normal content, as on MVTec-AD's aligned
+  objects. An object has one view: its train and test images come from the same view (the same
+  photo pixels), unlike the textures. The six textures are written beside them, byte-identical to
+  the default dataset of the same seed.
 * Defects are synthetic, in the spirit of DRAEM / CutPaste: a foreign patch, a scratch, a hole, a
   stain and a deformation. Masks are exact: every pixel outside the mask is byte-identical to the
   clean crop (:func:`apply_defect` guarantees it by construction) and most pixels inside it
@@ -30,7 +38,8 @@ Conventions:
 * ``adnotes_mini.json`` holds the generator version, seed and parameters (``params``), the photo
   and tiles of every class (``classes``), and one row per image (``images``: file, mask, crop box
   and affine map, defect type, bbox, area, strength, donor, twin), so
-  ``pandas.DataFrame(manifest["images"])`` is a ready-made table of the dataset.
+  ``pandas.DataFrame(manifest["images"])`` is a ready-made table of the dataset. Object rows
+  also hold ``photometric`` = [gain, offset]: the image is round(gain * resampled + offset).
 """
 from __future__ import annotations
 
@@ -49,8 +58,9 @@ from tqdm.auto import tqdm
 
 from ..files import locked
 
-__all__ = ["CLASSES", "DEFECT_TYPES", "twin_path", "twin_records", "SIZES", "MiniSettings", "make_mini", "apply_defect",
-           "source_images", "MANIFEST_NAME", "GENERATOR_VERSION"]
+__all__ = ["CLASSES", "TEXTURE_CLASSES", "OBJECT_CLASSES", "OBJECT_JITTER", "DEFECT_TYPES", "twin_path",
+           "twin_records", "SIZES", "MiniSettings", "make_mini", "apply_defect", "source_images", "MANIFEST_NAME",
+           "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 3  # 3: clean twins of the defective test images. Bump whenever the generated pixels change for the same parameters
 MANIFEST_NAME = "adnotes_mini.json"
@@ -85,6 +95,7 @@ class _Source:
     crop: int  # side of a square crop before the scale jitter
     rotation: str = "any"  # "any" angle, "quarter" turns, or "half" turns (the photo has an up)
     duotone: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # grey 0 -> [0], 255 -> [1]
+    view: Box | None = None  # object classes: the one fixed view (square); None for a texture
 
 
 # Crop sides were chosen so that the training-free nearest-neighbour baseline of adnotes.demo finds
@@ -100,8 +111,31 @@ _SOURCES = (
     # a band above and one below the macula, away from the optic disc and the black border
     _Source("fundus", "retina", _checkerboard(380, 180, 1100, 1240, ygap=220), 240),
 )
-_BY_NAME = {s.name: s for s in _SOURCES}
 CLASSES = tuple(s.name for s in _SOURCES)
+TEXTURE_CLASSES = CLASSES
+
+
+def _whole(width: int, height: int) -> tuple[tuple[Box], tuple[Box]]:
+    return ((0, 0, width, height),), ((0, 0, width, height),)
+
+
+# Object classes: one fixed square view around the subject, small enough that the jittered view (up to
+# 1.05 x 1.051 of its side, shifted by 3 %, plus the bicubic reach) stays inside the photo. Their regions
+# (the whole photo) and crop side only serve the "similar" foreign patches: a piece of the same photo at
+# another scale and any angle (_donor); their other donors are the textures.
+_GREY = ((0, 0, 0), (255, 255, 255))  # a grey photo kept grey
+_OBJECTS = (
+    _Source("cat", "chelsea", _whole(451, 300), 248, view=(106, 26, 354, 274)),
+    _Source("cup", "coffee", _whole(600, 400), 336, view=(127, 32, 463, 368)),
+    _Source("rocket", "rocket", _whole(640, 427), 276, view=(184, 124, 460, 400)),
+    _Source("astronaut", "astronaut", _whole(512, 512), 430, view=(41, 41, 471, 471)),
+    _Source("cameraman", "camera", _whole(512, 512), 430, duotone=_GREY, view=(41, 41, 471, 471)),
+)
+OBJECT_CLASSES = tuple(s.name for s in _OBJECTS)
+_BY_NAME = {s.name: s for s in (*_SOURCES, *_OBJECTS)}
+# how the normal images of an object vary around its view: shift (fraction of the side, per axis), scale
+# (fraction), rotation (degrees), brightness and contrast (fractions), each drawn uniformly in +-value
+OBJECT_JITTER = {"shift": 0.03, "scale": 0.05, "rotation": 3.0, "brightness": 0.1, "contrast": 0.1}
 
 
 @dataclass(frozen=True)
@@ -135,9 +169,9 @@ def _photo(name: str) -> np.ndarray:
 
 
 def source_images() -> dict[str, np.ndarray]:
-    """Class name -> the scikit-image photo its crops come from, as (H, W, 3) uint8 RGB
-    (grey textures already tinted the way the dataset shows them)."""
-    return {name: _photo(name).copy() for name in CLASSES}
+    """Class name (textures and objects) -> the scikit-image photo its crops come from, as (H, W, 3)
+    uint8 RGB (grey textures already tinted the way the dataset shows them)."""
+    return {name: _photo(name).copy() for name in (*CLASSES, *OBJECT_CLASSES)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,12 +207,49 @@ def _crop(name: str, split: int, side: float, image_size: int, jitter: float,
     side = min(side, (min(x1 - x0, y1 - y0) - 2 * _SUPPORT - 1) / span)  # big tilted crops: shrink
     half = side * span / 2 + _SUPPORT
     cx, cy = rng.uniform(x0 + half, x1 - half), rng.uniform(y0 + half, y1 - half)
-    k = side / image_size
+    return _resample(name, cx, cy, side / image_size, cos, sin, flip, half, image_size)
+
+
+def _resample(name: str, cx: float, cy: float, k: float, cos: float, sin: float, flip: float, half: float,
+              image_size: int) -> tuple[np.ndarray, dict]:
+    """The (S, S, 3) uint8 image whose centre samples the photo at (cx, cy), ``k`` photo pixels per output
+    pixel, rotated by (cos, sin) and mirrored when ``flip`` is -1 (one bicubic affine map), and its record
+    (``crop``: the photo pixels within ``half`` of the centre, ``affine``: the map, as :func:`_crop`)."""
     a, b, d, e = k * flip * cos, -k * sin, k * flip * sin, k * cos
     affine = [a, b, cx - (a + b) * image_size / 2, d, e, cy - (d + e) * image_size / 2]
     image = _photo_pil(name).transform((image_size, image_size), Image.AFFINE, affine, Image.BICUBIC)
     box = [math.floor(cx - half), math.floor(cy - half), math.ceil(cx + half), math.ceil(cy + half)]
     return np.asarray(image), {"crop": box, "affine": affine}
+
+
+def _view(name: str, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A normal image of an object class: its fixed view, shifted, scaled and rotated a little and with
+    its brightness and contrast changed a little (:data:`OBJECT_JITTER`; never flipped), resampled to
+    ``image_size`` by one bicubic affine map. Returns the (S, S, 3) uint8 image and its record, that of
+    :func:`_crop` plus ``photometric`` = [gain, offset]: image = round(gain * resampled + offset)."""
+    j = OBJECT_JITTER
+    x0, y0, x1, y1 = _BY_NAME[name].view  # square
+    side = (x1 - x0) * (1 + rng.uniform(-j["scale"], j["scale"]))
+    angle = math.radians(rng.uniform(-j["rotation"], j["rotation"]))
+    cx = (x0 + x1) / 2 + (x1 - x0) * rng.uniform(-j["shift"], j["shift"])
+    cy = (y0 + y1) / 2 + (y1 - y0) * rng.uniform(-j["shift"], j["shift"])
+    cos, sin = math.cos(angle), math.sin(angle)
+    half = side * (abs(cos) + abs(sin)) / 2 + _SUPPORT
+    image, record = _resample(name, cx, cy, side / image_size, cos, sin, 1.0, half, image_size)
+    contrast = 1 + rng.uniform(-j["contrast"], j["contrast"])      # about mid-grey
+    brightness = 1 + rng.uniform(-j["brightness"], j["brightness"])
+    gain, offset = brightness * contrast, brightness * (1 - contrast) * 128
+    image = np.clip(np.round(gain * image.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    return image, {**record, "photometric": [gain, offset]}
+
+
+def _clean(name: str, split: int, image_size: int, s: MiniSettings, rng: np.random.Generator
+           ) -> tuple[np.ndarray, dict]:
+    """A normal image of any class and its record: a texture crop from the split's boxes, or an object's view."""
+    spec = _BY_NAME[name]
+    if spec.view is not None:
+        return _view(name, image_size, rng)
+    return _crop(name, split, spec.crop, image_size, s.scale_jitter, rng)
 
 
 # --------------------------------------------------------------------------- defects
@@ -389,7 +460,8 @@ def _counts(size: str | int) -> dict[str, int]:
 def _donor(name: str, similar: bool, image_size: int, s: MiniSettings, rng: np.random.Generator
            ) -> tuple[np.ndarray, str]:
     """The surface a foreign patch is cut from: the same photo at another scale (``similar``, hard)
-    or another class (easy), always from test boxes, so no training pixel leaks into the test set."""
+    or another texture class (easy), always from test boxes, so no training pixel of a texture leaks into
+    the test set (an object has one view: its test boxes are the whole photo)."""
     if similar:
         scale = float(rng.choice((0.6, 1.6)))
         image, _ = _crop(name, 1, _BY_NAME[name].crop * scale, image_size, s.scale_jitter, rng)
@@ -410,7 +482,7 @@ def _defective_crop(name: str, kind: str, image_size: int, s: MiniSettings, rng:
     defect) and record. A crop that cannot show the defect (a swirl of flat sky, a smooth surface
     pasted onto itself) is replaced by another."""
     for _ in range(5):
-        clean, record = _crop(name, 1, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
+        clean, record = _clean(name, 1, image_size, s, rng)
         donor = None
         if kind == "foreign_patch":
             donor, record["donor"] = _donor(name, rng.random() < s.similar_donor, image_size, s, rng)
@@ -423,10 +495,11 @@ def _defective_crop(name: str, kind: str, image_size: int, s: MiniSettings, rng:
 
 
 def _generate(folder: Path, seed: int, counts: dict[str, int], image_size: int, s: MiniSettings,
-              bar: tqdm) -> list[dict]:
-    """Write every class into ``folder``; return one manifest row per image."""
+              bar: tqdm, classes: tuple[str, ...] = CLASSES) -> list[dict]:
+    """Write every class of ``classes`` (the textures, then any objects) into ``folder``; return one
+    manifest row per image."""
     rows = []
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(classes):
         jobs = ([("train", "good", i) for i in range(counts["n_train"])]
                 + [("test", "good", i) for i in range(counts["n_test_good"])]
                 + [("test", DEFECT_TYPES[i % len(DEFECT_TYPES)], i // len(DEFECT_TYPES))
@@ -439,7 +512,7 @@ def _generate(folder: Path, seed: int, counts: dict[str, int], image_size: int, 
             row = {"class": name, "split": split, "defect_type": kind, "file": file, "mask": None, "twin": None,
                    "bbox": None, "area": 0, "strength": None, "donor": None}  # + crop, affine
             if kind == "good":
-                image, record = _crop(name, split_index, _BY_NAME[name].crop, image_size, s.scale_jitter, rng)
+                image, record = _clean(name, split_index, image_size, s, rng)
             else:
                 image, mask, clean, record = _defective_crop(name, kind, image_size, s, rng)
                 ys, xs = np.nonzero(mask)
@@ -480,19 +553,24 @@ def twin_records(test_records: list) -> list:
     return records
 
 
-def _params(seed: int, size: str | int, image_size: int, settings: MiniSettings) -> dict:
+def _params(seed: int, size: str | int, image_size: int, settings: MiniSettings, objects: bool = False) -> dict:
     params = {"generator": "adnotes.data.mini", "version": GENERATOR_VERSION, "seed": seed,
               "size": size, **_counts(size), "image_size": image_size, "settings": asdict(settings)}
+    if objects:  # recorded only when on: the default dataset's parameters stay as they were
+        params["objects"] = {"classes": OBJECT_CLASSES, "jitter": OBJECT_JITTER,
+                             "views": "train and test images of an object come from its one fixed view"}
     return json.loads(json.dumps(params))  # tuples -> lists, as they come back from the file
 
 
 def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", image_size: int = 224,
-              settings: MiniSettings = MiniSettings()) -> Path:
+              settings: MiniSettings = MiniSettings(), objects: bool = False) -> Path:
     """Generate adnotes-mini into ``root`` (MVTec-AD layout) and return ``root``.
 
     ``size`` is the number of test images per class (half of them defective, spread over
     :data:`DEFECT_TYPES`) or a preset of :data:`SIZES`; the training set has 4/3 as many normal
-    images. If ``root`` already holds adnotes-mini made with the same parameters it is reused as is.
+    images. ``objects`` adds the object classes (:data:`OBJECT_CLASSES`) beside the textures, whose
+    files stay byte-identical to those of ``objects=False``.
+    If ``root`` already holds adnotes-mini made with the same parameters it is reused as is.
     A folder with anything else in it is never touched: that raises ``RuntimeError``.
     """
     root = Path(root).expanduser()
@@ -500,7 +578,7 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
-    params = _params(seed, size, image_size, settings)
+    params = _params(seed, size, image_size, settings, bool(objects))
     root.parent.mkdir(parents=True, exist_ok=True)
     # one writer at a time (the parent folder is the lock): a second process, e.g. two trainings started
     # together, waits and then reuses the dataset the first one wrote
@@ -510,6 +588,7 @@ def make_mini(root: str | Path, *, seed: int = 0, size: str | int = "default", i
 
 def _make_locked(root: Path, seed: int, size: str | int, image_size: int, settings: MiniSettings,
                  params: dict) -> Path:
+    classes = (*CLASSES, *OBJECT_CLASSES) if "objects" in params else CLASSES
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
         try:
@@ -533,12 +612,15 @@ def _make_locked(root: Path, seed: int, size: str | int, image_size: int, settin
     # write into a hidden sibling and rename at the end: an interrupted run leaves no half dataset
     partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        total = len(CLASSES) * (params["n_train"] + params["n_test_good"] + params["n_test_defect"])
+        total = len(classes) * (params["n_train"] + params["n_test_good"] + params["n_test_defect"])
         with tqdm(total=total, desc="adnotes-mini", unit="img") as bar:
-            rows = _generate(partial, seed, _counts(size), image_size, settings, bar)
+            rows = _generate(partial, seed, _counts(size), image_size, settings, bar, classes)
         regions = {s.name: {"source": f"skimage.data.{s.photo}", "train_boxes": s.regions[0],
                             "test_boxes": s.regions[1], "crop_side": s.crop, "rotation": s.rotation}
                    for s in _SOURCES}
+        regions |= {name: {"source": f"skimage.data.{_BY_NAME[name].photo}", "kind": "object",
+                           "view_box": _BY_NAME[name].view, "views": "train and test: the same view"}
+                    for name in classes if name not in CLASSES}
         content = {"params": params, "box_format": "[x0, y0, x1, y1], pixels, half-open",
                    "classes": regions, "defect_types": list(DEFECT_TYPES), "images": rows}
         (partial / MANIFEST_NAME).write_text(json.dumps(content, indent=1))
