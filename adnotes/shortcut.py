@@ -571,10 +571,11 @@ def _fmt(values: dict, digits: int = 2) -> str:
 
 
 def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | None = None,
-            anatomy: pd.DataFrame | None = None, donors: pd.DataFrame | None = None) -> str:
+            anatomy: pd.DataFrame | None = None, donors: pd.DataFrame | None = None,
+            mask_cost: pd.DataFrame | None = None) -> str:
     """What the numbers say, as sentences built from the tables (:func:`kept_table`, :func:`auroc_stats`,
-    :func:`width_table`, :func:`mechanism_table` of ``ANATOMY``, :func:`donor_table`); a missing table
-    gives a sentence saying so."""
+    :func:`width_table`, :func:`mechanism_table` of ``ANATOMY``, :func:`donor_table`,
+    :func:`mask_cost_table`); a missing table gives a sentence saying so."""
     lines = []
     final = kept.groupby(level="model").tail(1).reset_index(level="step")     # the last kept step per model
     g = final["copy_gain"].to_dict()
@@ -633,4 +634,14 @@ def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | No
         lines.append("Copy gain by donor (" + "; ".join(parts) + ").")
     else:
         lines.append("Unified vs separate: not in the results cache.")
+    kinds = [k for k in ("textures", "objects") if mask_cost is not None and k in mask_cost.index]
+    if kinds and mask_cost.loc[kinds, ["Δ normal error", "Δ image AUROC"]].notna().all().all():
+        parts = [f"{k}: normal error {mask_cost.loc[k, 'Δ normal error']:+.3f}, image AUROC "
+                 f"{100 * mask_cost.loc[k, 'Δ image AUROC']:+.1f} points" for k in kinds]
+        classes = mask_cost[~mask_cost.index.isin(["textures", "objects"])]
+        worse = int((classes["Δ normal error"] > 0).sum())
+        lines.append("The neighbour mask's cost (with − without, mean per kind): " + "; ".join(parts)
+                     + f". It raises the normal error in {worse} of {len(classes)} classes.")
+    else:
+        lines.append("What the neighbour mask costs: not in the results cache.")
     return "\n".join(lines)

@@ -267,6 +267,13 @@ def test_the_verdict_reads_the_width_anatomy_and_donor_tables():
     assert "unified: other class 0.78, same class 0.68; separate: other class 0.53, same class 0.82" in text
     width.loc[128, "copy_gain"] = 0.3
     assert "not monotone" in shortcut.verdict(kept, stats, width=width)
+    assert "What the neighbour mask costs: not in the results cache." in text
+    cost = pd.DataFrame({"kind": ["texture", "object", "texture", "object"],
+                         "Δ normal error": [0.02, -0.01, 0.02, -0.01], "Δ image AUROC": [-0.03, 0.01, -0.03, 0.01]},
+                        index=["brick", "cup", "textures", "objects"])
+    text = shortcut.verdict(kept, stats, mask_cost=cost)
+    assert ("(with − without, mean per kind): textures: normal error +0.020, image AUROC -3.0 points; objects: "
+            "normal error -0.010, image AUROC +1.0 points. It raises the normal error in 1 of 2 classes.") in text
 
 
 def test_the_width_figure_is_drawn_with_only_the_linear_reference():
