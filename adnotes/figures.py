@@ -110,14 +110,23 @@ def _small_png(data: str) -> str:
 
 def _for_reading(nb):
     """A copy of an executed notebook to commit: images made small (:func:`_small_png`), widgets shown by
-    their text form, no execution timestamps (a page changes only when an output does)."""
+    their text form, no execution timestamps and this machine's adnotes home written as ``<adnotes home>``
+    (a page changes only when an output does)."""
     import copy
 
+    from .paths import home
+
     nb = copy.deepcopy(nb)
+    here = str(home())
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         for output in cell.get("outputs", []):
+            if isinstance(output.get("text"), str):
+                output["text"] = output["text"].replace(here, "<adnotes home>")
             data = output.get("data", {})
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                if isinstance(data.get(kind), str):
+                    data[kind] = data[kind].replace(here, "<adnotes home>")
             if "image/png" in data:
                 data["image/png"] = _small_png(data["image/png"])
             data.pop("application/vnd.jupyter.widget-view+json", None)

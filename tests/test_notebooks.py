@@ -64,7 +64,7 @@ def test_executed_notebooks_write_figures_outside_the_checkout_with_portable_pat
     nb.cells.append(nbformat.v4.new_code_cell(
         "import matplotlib.pyplot as plt\nfrom adnotes import plots\nfrom adnotes.paths import data_dir\n"
         "plots.save_figure(plt.figure(), 'zz_test_figure', data={'shown': [data_dir() / 'mini' / 'a.png']})\n"
-        "plt.plot([0, 1], [1, 0]); plt.show(); print('printed 42')"))
+        "plt.plot([0, 1], [1, 0]); plt.show(); print('printed 42 at', data_dir())"))
     path = tmp_path / "99_test.ipynb"
     nbformat.write(nb, path)
     result = execute_notebook(path, timeout=120)
@@ -74,6 +74,7 @@ def test_executed_notebooks_write_figures_outside_the_checkout_with_portable_pat
     page = (figures_dir() / "notebooks" / "99_test.html").read_text()   # the rendered copy, with its outputs
     assert result.html == figures_dir() / "notebooks" / "99_test.html"
     assert "<title>A test page</title>" in page and "printed 42" in page and "$g = 1$" in page
+    assert "printed 42 at &lt;adnotes home&gt;/data" in page and str(data_dir()) not in page  # no machine paths
     assert page.count("data:image/png;base64,") == 1 and "<body>" in page
     executed = nbformat.read(figures_dir() / "notebooks" / "99_test.ipynb", as_version=4)  # code hosts render it
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
