@@ -193,6 +193,8 @@ class Smoke:
             return batches(n, batch_size, seed, step)
 
         trainer._batches = ctrl_c
+        # Ctrl-C as at a terminal, also where this script was started with SIGINT ignored (nohup, a test runner)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             trainer.train(cfg, "cut", runs=tmp, features=data)
             return False, "Ctrl-C did not stop the run"
@@ -200,6 +202,7 @@ class Smoke:
             pass
         finally:
             trainer._batches = batches
+            signal.signal(signal.SIGINT, previous)
         cut = trainer.train(cfg, "cut", runs=tmp, features=data, resume=True)
         a, b = (torch.load(r / "seed0" / "checkpoint.pt", weights_only=True)["model"] for r in (whole, cut))
         delta = max((a[k].float() - b[k].float()).abs().max().item() for k in a)

@@ -259,7 +259,19 @@ def test_keep_steps_saves_the_weights_at_those_steps(tmp_path):
 
 # ----------------------------------------------------------------------------- checkpoints (issue 13)
 
-def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+@pytest.fixture
+def sigint_as_at_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt, as at a terminal. A test process may have SIGINT ignored
+    (pytest-xdist's workers do), and the trainer rightly leaves an ignored SIGINT alone."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_resumes_exactly(tmp_path, monkeypatch,
+                                                                                sigint_as_at_a_terminal):
     import os
     import signal
 
