@@ -641,7 +641,8 @@ def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | No
         classes = mask_cost[~mask_cost.index.isin(["textures", "objects"])]
         worse = int((classes["Δ normal error"] > 0).sum())
         lines.append("The neighbour mask's cost (with − without, mean per kind): " + "; ".join(parts)
-                     + f". It raises the normal error in {worse} of {len(classes)} classes.")
+                     + f". It raises the normal error in {worse} of {len(classes)} classes, by at most "
+                     f"{classes['Δ normal error'].max():.3f}.")
     else:
         lines.append("What the neighbour mask costs: not in the results cache.")
     return "\n".join(lines)

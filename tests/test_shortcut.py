@@ -273,7 +273,8 @@ def test_the_verdict_reads_the_width_anatomy_and_donor_tables():
                         index=["brick", "cup", "textures", "objects"])
     text = shortcut.verdict(kept, stats, mask_cost=cost)
     assert ("(with − without, mean per kind): textures: normal error +0.020, image AUROC -3.0 points; objects: "
-            "normal error -0.010, image AUROC +1.0 points. It raises the normal error in 1 of 2 classes.") in text
+            "normal error -0.010, image AUROC +1.0 points. It raises the normal error in 1 of 2 classes, by at most "
+            "0.020.") in text
 
 
 def test_the_width_figure_is_drawn_with_only_the_linear_reference():
