@@ -16,6 +16,9 @@ def test_there_are_notebooks_and_the_readme_lists_each():
     readme = (NOTEBOOKS / "README.md").read_text()
     for path in PATHS:
         assert path.name in readme, f"{path.name} is missing from notebooks/README.md"
+        for suffix in (".ipynb", ".html"):  # the executed copies the README links: `python -m adnotes figures`
+            copy = NOTEBOOKS.parent / "figures" / "notebooks" / f"{path.stem}{suffix}"
+            assert copy.is_file() and f"../figures/notebooks/{copy.name}" in readme, f"{copy} missing or not linked"
     assert notebook_paths(["0"]) == [p for p in PATHS if p.name.startswith("0")]
 
 
