@@ -202,17 +202,19 @@ def verdict_lines(table: pd.DataFrame) -> str:
                      for what, p in ((w, ran[ran.verdict == w]) for w in sorted(ran.verdict.unique())))
 
 
-def seed_noise() -> str:
-    """The seed-to-seed spread of quick UniAD's image AUROC near step 400, from the cached 3-seed shortcut_uniad."""
-    folder = results.cached("shortcut_uniad", True)
+def seed_noise(name: str = "anatomy_jitter") -> str:
+    """The seed-to-seed spread of quick UniAD's image AUROC near step 400, from a cached 3-seed run of the same
+    quick UniAD (``anatomy_jitter``: 600 steps, evaluated every 200, so step 400 itself is evaluated)."""
+    folder = results.cached(name, True)
     if folder is None:
-        return "shortcut_uniad is not cached (python -m adnotes results --only shortcut_uniad): no seed-noise estimate"
+        return f"{name} is not cached (python -m adnotes results --only {name}): no seed-noise estimate"
     summary = pd.read_csv(folder / "curves_summary.csv")
     image = summary[(summary.cls == "mean") & (summary.metric == "image_AUROC")].set_index("step")
     step = min(image.index[image.index > 0], key=lambda s: abs(s - 400))
     if image["std"].isna().all():
-        return "shortcut_uniad has a single seed here: no seed-noise estimate"
-    return (f"quick UniAD, 3 seeds: image AUROC at step {step} = {image.loc[step, 'mean'] * 100:.1f} "
+        return f"{name} has a single seed here: no seed-noise estimate"
+    seeds = len(list(folder.glob("seed*/curves.csv")))
+    return (f"quick UniAD ({name}), {seeds} seeds: image AUROC at step {step} = {image.loc[step, 'mean'] * 100:.1f} "
             f"± {image.loc[step, 'std'] * 100:.1f} (std over seeds, points); "
             f"at the end (step {image.index.max()}): ± {image['std'].iloc[-1] * 100:.1f}")
 

@@ -595,14 +595,19 @@ def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | No
         if "uniad" in ends and len(ends) > 1:
             rival = max((m for m in ends if m != "uniad"), key=ends.get)
             diff = ends["uniad"] - ends[rival]
-            spread = np.nanmax([image.loc["uniad", "final std"], image.loc[rival, "final std"]])
+            stds = [image.loc[m, "final std"] for m in ("uniad", rival)]
+            spread = max((s for s in stds if not np.isnan(s)), default=np.nan)
             where = ("ahead of" if diff > spread else "behind" if diff < -spread else "level with") \
                 if not np.isnan(spread) else ("ahead of" if diff > 0 else "behind")
-            lines.append(f"UniAD ends {where} the best baseline, {rival}: {diff:+.1f} points (seed spread {spread:.1f}).")
-        dropped = [m for m, r in image.iterrows() if r["best step"] < r["final step"] and r["drop"] > r["spread"]]
-        lines.append("Image AUROC falls from its peak by more than the seed spread for: "
-                     + (", ".join(f"{m} ({image.loc[m, 'best']:.1f} at step {int(image.loc[m, 'best step'])} → "
-                                  f"{image.loc[m, 'final']:.1f})" for m in dropped) or "no model") + ".")
+            lines.append(f"UniAD ends {where} the best baseline, {rival}: {diff:+.1f} points "
+                         + (f"(seed spread {spread:.1f})." if not np.isnan(spread) else "(one seed: no spread to judge by)."))
+        peaks = lambda models: ", ".join(f"{m} ({image.loc[m, 'best']:.1f} at step {int(image.loc[m, 'best step'])} → "
+                                         f"{image.loc[m, 'final']:.1f})" for m in models)
+        turned = image[image["best step"] < image["final step"]]
+        dropped = [m for m, r in turned.iterrows() if r["drop"] > r["spread"]]
+        lines.append(f"Image AUROC falls from its peak by more than the seed spread for: {peaks(dropped) or 'no model'}.")
+        if single := [m for m, r in turned.iterrows() if np.isnan(r["spread"]) and r["drop"] > 0]:
+            lines.append(f"Of one seed so far (no spread to judge a drop by), below their peak at the end: {peaks(single)}.")
         most, least = max(g, key=g.get), min(g, key=g.get)
         if most in ends and least in ends and most != least:
             lines.append(f"The model that copies most ({most}, g {g[most]:.2f}) ends at {ends[most]:.1f}, the one that "

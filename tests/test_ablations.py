@@ -125,9 +125,14 @@ def test_seed_noise_reads_the_evaluation_nearest_step_400(tmp_path, monkeypatch)
     rows = [{"step": s, "cls": "mean", "metric": "image_AUROC", "mean": m, "std": sd}
             for s, m, sd in ((0, 0.5, 0.0), (300, 0.7, 0.01), (450, 0.72, 0.02), (900, 0.8, 0.03))]
     pd.DataFrame(rows).to_csv(tmp_path / "curves_summary.csv", index=False)
-    monkeypatch.setattr(results, "cached", lambda name, quick=True: tmp_path)
+    for s in (0, 1, 2):
+        (tmp_path / f"seed{s}").mkdir()
+        (tmp_path / f"seed{s}" / "curves.csv").write_text("")
+    asked = []
+    monkeypatch.setattr(results, "cached", lambda name, quick=True: asked.append(name) or tmp_path)
     said = ablations.seed_noise()
-    assert "at step 450 = 72.0 ± 2.0" in said and "(step 900): ± 3.0" in said
+    assert asked == ["anatomy_jitter"]   # a 3-seed run of the same quick UniAD, cached in full
+    assert "3 seeds: image AUROC at step 450 = 72.0 ± 2.0" in said and "(step 900): ± 3.0" in said
     monkeypatch.setattr(results, "cached", lambda name, quick=True: None)
     assert "not cached" in ablations.seed_noise()
 

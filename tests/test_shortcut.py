@@ -251,6 +251,14 @@ def test_the_verdict_quotes_the_tables_and_judges_by_them():
     assert "UniAD ends ahead of the best baseline, transformer: +7.0 points" in text
     assert "AUROC follows g here" in text   # the least copying model (transformer, 0.10) beats the most (mlp)
 
+    # a long recipe of which one seed has landed: no spread, so no judged drop, but the turn is still said
+    kept, stats = tables(g=(0.9, 0.6, 0.4, 0.02), final_image=(76.1, 80.8, 78.6, 74.9),
+                         final_std=(0.2, np.nan, 0.1, np.nan))
+    text = shortcut.verdict(kept, stats)
+    assert "UniAD ends behind the best baseline, cnn: -5.9 points (one seed: no spread to judge by)" in text
+    assert "more than the seed spread for: no model." in text
+    assert "below their peak at the end: cnn (82.3 at step 50 → 80.8)." in text
+
 
 def test_the_verdict_reads_the_width_anatomy_and_donor_tables():
     kept, stats = tables(g=(0.9, 0.6, 0.4, 0.02), final_image=(76.1, 80.8, 78.6, 74.9))
