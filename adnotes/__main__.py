@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                     made = [f"{k} ({v['made']}" + (f"; seeds {v['seeds']}, missing {v['missing_seeds']}"
                                                    if v.get("missing_seeds") else "") + ")"
                             for k, v in listed.items() if k.split("-full")[0] == name]
-                    print(f"{name:<28} {recipe.what}; cached: {', '.join(made) or 'no'}")
+                    old = (made and recipe.kind == "run" and results.cached(name) is not None
+                           and not results.cached_seeds(name))   # its config is not the recipe's any more
+                    print(f"{name:<28} {recipe.what}; cached: {', '.join(made) or 'no'}"
+                          + ("; made with another config than the recipe's now: rerun it to replace" if old else ""))
                 if problems := results.verify():
                     print("problems:\n  " + "\n  ".join(problems))
             else:

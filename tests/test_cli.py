@@ -126,3 +126,16 @@ def test_resume_with_other_set_values_is_refused(home, capsys):
     err = capsys.readouterr().err
     assert "train.steps=10 (asked: 20)" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_results_list_flags_a_cached_result_that_its_recipe_no_longer_makes(monkeypatch, capsys):
+    import dataclasses
+
+    from adnotes import results
+    recipe = results.RECIPES["width_mlp_32"]
+    assert results.cached("width_mlp_32") is not None and results.cached("width_mlp_64") is not None
+    monkeypatch.setitem(results.RECIPES, "width_mlp_32", dataclasses.replace(recipe, quick=(*recipe.quick, "train.lr=0.002")))
+    assert main(["results", "--list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "rerun it to replace" in lines["width_mlp_32"]       # a changed learning rate: not what is cached
+    assert "rerun it to replace" not in lines["width_mlp_64"]   # untouched, made by its recipe as it stands
