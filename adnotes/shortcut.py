@@ -531,23 +531,27 @@ _TEXTURES = {*TEXTURE_CLASSES, "carpet", "grid", "leather", "tile", "wood"}  # a
 
 
 def _final_by_class(run: str | Path) -> pd.DataFrame:
-    """Per class (index, the ``mean`` row left out): ``normal_error`` and ``image_AUROC`` of each seed's last
-    evaluation, averaged over seeds (NaN for a column the run did not log)."""
+    """Per class (index, the ``mean`` row left out): ``normal_error``, ``image_AUROC`` and ``copy_gain`` of each
+    seed's last evaluation, averaged over seeds (NaN for a column the run did not log). ``attrs``: the last
+    step and the number of seeds."""
     curves = [pd.read_csv(p) for p in sorted(Path(run).glob("seed*/curves.csv"))]
     if not curves:
         raise FileNotFoundError(f"no seed*/curves.csv under {run}")
     last = pd.concat([c[(c.step == c.step.max()) & (c.cls != "mean")] for c in curves])
-    return last.reindex(columns=["cls", "normal_error", "image_AUROC"]).groupby("cls").mean()
+    table = last.reindex(columns=["cls", "normal_error", "image_AUROC", "copy_gain"]).groupby("cls").mean()
+    table.attrs = {"step": int(last.step.max()), "seeds": len(curves)}
+    return table
 
 
 def mask_cost_table(session, recipes: dict[str, str] = MASK_COST) -> pd.DataFrame:
     """What UniAD's neighbour mask costs on normal content, per class and kind: the vanilla transformer
     without and with the mask (``maskcost_transformer``, ``maskcost_nma``; adnotes-mini with its aligned
     object classes). Per class: ``kind`` (texture or object), the normal error Σ‖f(x) − x‖ / Σ‖x‖ on the copy
-    probe's normal tokens and the image AUROC without → with the mask (final evaluation, mean over seeds),
-    and their changes ``Δ`` (with − without); then the rows ``textures`` and ``objects``, the means over
-    their classes. A recipe missing from the cache is skipped with one line saying how to make it (never
-    trained here): its columns are NaN, and the table is empty when both are missing."""
+    probe's normal tokens, the image AUROC and the copy gain g without → with the mask (final evaluation, mean
+    over seeds), and their changes ``Δ`` (with − without); then the rows ``textures`` and ``objects``, the
+    means over their classes. ``attrs["runs"]``: per column label, the final step and the number of seeds.
+    A recipe missing from the cache is skipped with one line saying how to make it (never trained here):
+    its columns are NaN, and the table is empty when both are missing."""
     finals = {label: _final_by_class(folder) for name, label in recipes.items()
               if (folder := cached_or_skip(name, session))}
     if not finals:
@@ -555,13 +559,15 @@ def mask_cost_table(session, recipes: dict[str, str] = MASK_COST) -> pd.DataFram
     classes = sorted(set().union(*(f.index for f in finals.values())), key=lambda c: (c not in _TEXTURES, c))
     table = pd.DataFrame({"kind": ["texture" if c in _TEXTURES else "object" for c in classes]}, index=classes)
     without, with_mask = recipes.values()
-    for metric, short in (("normal_error", "normal error"), ("image_AUROC", "image AUROC")):
+    for metric, short in (("normal_error", "normal error"), ("image_AUROC", "image AUROC"), ("copy_gain", "g")):
         for label in (without, with_mask):
             table[f"{short}, {label}"] = finals[label][metric] if label in finals else np.nan
         table[f"Δ {short}"] = table[f"{short}, {with_mask}"] - table[f"{short}, {without}"]
     means = table.groupby("kind").mean().rename(index={"texture": "textures", "object": "objects"})
     means.insert(0, "kind", means.index.str.removesuffix("s"))
-    return pd.concat([table, means.reindex([k for k in ("textures", "objects") if k in means.index])])
+    table = pd.concat([table, means.reindex([k for k in ("textures", "objects") if k in means.index])])
+    table.attrs["runs"] = {label: final.attrs for label, final in finals.items()}
+    return table
 
 
 # ----------------------------------------------------------------------------- the verdict
@@ -645,9 +651,14 @@ def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | No
                  f"{100 * mask_cost.loc[k, 'Δ image AUROC']:+.1f} points" for k in kinds]
         classes = mask_cost[~mask_cost.index.isin(["textures", "objects"])]
         worse = int((classes["Δ normal error"] > 0).sum())
-        lines.append("The neighbour mask's cost (with − without, mean per kind): " + "; ".join(parts)
+        runs = "; ".join(f"{label} {r['step']} steps, {r['seeds']} seed{'s' * (r['seeds'] > 1)}"
+                         for label, r in mask_cost.attrs.get("runs", {}).items())
+        copied = ", ".join(f"{mask_cost.loc[k, 'g, no mask']:.2f} → {mask_cost.loc[k, 'g, mask']:.2f} on {k}"
+                           for k in kinds if "g, no mask" in mask_cost and not np.isnan(mask_cost.loc[k, "g, no mask"]))
+        lines.append("The neighbour mask's cost (with − without, mean per kind"
+                     + (f"; {runs}" if runs else "") + "): " + "; ".join(parts)
                      + f". It raises the normal error in {worse} of {len(classes)} classes, by at most "
-                     f"{classes['Δ normal error'].max():.3f}.")
+                     f"{classes['Δ normal error'].max():.3f}" + (f" (copy gain without → with the mask: {copied})" if copied else "") + ".")
     else:
         lines.append("What the neighbour mask costs: not in the results cache.")
     return "\n".join(lines)

@@ -92,10 +92,10 @@ def test_the_mask_cost_table_reads_each_seeds_last_step_per_class_and_kind(tmp_p
             rows = []
             for step in (200, last):
                 for cls in [*classes, "mean"]:
-                    err, auroc = rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0)
-                    rows.append({"cls": cls, "step": step, "image_AUROC": auroc, "normal_error": err, "copy_gain": 0.3})
+                    err, auroc, g = rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0), rng.uniform(0.0, 0.5)
+                    rows.append({"cls": cls, "step": step, "image_AUROC": auroc, "normal_error": err, "copy_gain": g})
                     if step == last and cls != "mean":
-                        truth.setdefault((name, cls), []).append((err, auroc))
+                        truth.setdefault((name, cls), []).append((err, auroc, g))
             write_curves(tmp_path / name / f"seed{seed}", rows)
     monkeypatch.setattr(results, "cached", lambda name, quick=True: tmp_path / name if name in shortcut.MASK_COST else None)
     monkeypatch.setattr(results, "load_or_train", lambda *a, **k: pytest.fail("a mask-cost recipe was trained"))
@@ -104,12 +104,14 @@ def test_the_mask_cost_table_reads_each_seeds_last_step_per_class_and_kind(tmp_p
     assert table["kind"].tolist() == [*classes.values(), "texture", "object"]
     for cls in classes:
         for name, label in (("maskcost_transformer", "no mask"), ("maskcost_nma", "mask")):
-            assert table.loc[cls, f"normal error, {label}"] == pytest.approx(statistics.mean(e for e, _ in truth[name, cls]))
-            assert table.loc[cls, f"image AUROC, {label}"] == pytest.approx(statistics.mean(a for _, a in truth[name, cls]))
+            assert table.loc[cls, f"normal error, {label}"] == pytest.approx(statistics.mean(e for e, _, _ in truth[name, cls]))
+            assert table.loc[cls, f"image AUROC, {label}"] == pytest.approx(statistics.mean(a for _, a, _ in truth[name, cls]))
+            assert table.loc[cls, f"g, {label}"] == pytest.approx(statistics.mean(g for _, _, g in truth[name, cls]))
         assert table.loc[cls, "Δ normal error"] == pytest.approx(
-            statistics.mean(e for e, _ in truth["maskcost_nma", cls]) - statistics.mean(e for e, _ in truth["maskcost_transformer", cls]))
+            statistics.mean(e for e, _, _ in truth["maskcost_nma", cls]) - statistics.mean(e for e, _, _ in truth["maskcost_transformer", cls]))
+    assert table.attrs["runs"] == {"no mask": {"step": 600, "seeds": 2}, "mask": {"step": 600, "seeds": 2}}
     for row, members in (("textures", ["brick", "grass"]), ("objects", ["cat", "cup", "rocket"])):
-        for column in ("normal error, no mask", "normal error, mask", "image AUROC, mask", "Δ image AUROC"):
+        for column in ("normal error, no mask", "normal error, mask", "image AUROC, mask", "Δ image AUROC", "Δ g"):
             assert table.loc[row, column] == pytest.approx(statistics.mean(table.loc[c, column] for c in members))
     assert capsys.readouterr().out == ""
 
@@ -286,6 +288,11 @@ def test_the_verdict_reads_the_width_anatomy_and_donor_tables():
     assert ("(with − without, mean per kind): textures: normal error +0.020, image AUROC -3.0 points; objects: "
             "normal error -0.010, image AUROC +1.0 points. It raises the normal error in 1 of 2 classes, by at most "
             "0.020.") in text
+    cost["g, no mask"], cost["g, mask"] = [0.4, 0.2, 0.4, 0.2], [0.01, 0.02, 0.01, 0.02]
+    cost.attrs["runs"] = {"no mask": {"step": 3000, "seeds": 1}, "mask": {"step": 3000, "seeds": 3}}
+    text = shortcut.verdict(kept, stats, mask_cost=cost)
+    assert "(with − without, mean per kind; no mask 3000 steps, 1 seed; mask 3000 steps, 3 seeds): textures:" in text
+    assert "by at most 0.020 (copy gain without → with the mask: 0.40 → 0.01 on textures, 0.20 → 0.02 on objects)." in text
 
 
 def test_the_width_figure_is_drawn_with_only_the_linear_reference():
