@@ -48,8 +48,8 @@ SEEDS = "train.seeds=[0,1,2]"
 # on one CPU thread a 12 000-step MLP peaked at step 2 000 and slid after it, a 6 000-step transformer peaked at
 # 1 000, and quick UniAD sat on a plateau for 4 000 steps before one seed climbed (issue notes). The paper's
 # schedule is 1 000 epochs at batch 64, ~57 000 steps on MVTec-AD (§4.2). The first seed's weights are kept
-# at steps 150, 600 and 2 000 (early vs late). CPU cost, one thread per process: MLP ~25 min per seed, CNN
-# ~35, transformer and UniAD ~90.
+# at steps 150, 600 and 2 000 (early vs late). CPU time per seed, one thread per process, measured: MLP ~25-32
+# min, CNN ~17-35, transformer ~100, UniAD ~75 (seed 0 of shortcut_uniad left its plateau at step ~4 500).
 _SHORTCUT = ("train.steps=8000", "eval.every=400", SEEDS, "eval.keep_steps=[150,600,2000]")
 _SHORTCUT_ATTENTION = ("train.steps=10000", "eval.every=500", SEEDS, "eval.keep_steps=[150,600,2000]")
 # The mechanism in isolation (notebook 01): minutes per run, tables and curves only. The MLP runs 1 000 steps

@@ -383,7 +383,8 @@ def auroc_curves(sc: Shortcut):
     """UniAD Fig. 2a on the cached runs: loss, image and pixel AUROC against the step (mean ± std over
     seeds), with the untrained floor (the mean of the four step-0 values). Returns (fig, data)."""
     summaries = _summaries(sc)
-    labels = {m: f"{m} · {len(_run_config(sc.runs[m]).train.seeds)} seeds" for m in summaries}
+    seeds = {m: len(_run_config(sc.runs[m]).train.seeds) for m in summaries}
+    labels = {m: f"{m} · {n} seed{'s' * (n > 1)}" for m, n in seeds.items()}
     floor = {}
     for metric in ("image_AUROC", "pixel_AUROC"):
         start = [c.loc[c.step == 0, "mean"] for c in (_curve(s, metric) for s in summaries.values())]
