@@ -67,7 +67,7 @@ MINI_OBJECTS = "data.dataset=mini_objects"  # adnotes-mini with its object class
 WINDOWS = (1, 3, 5, 9)  # UniAD's neighbour window k×k (7×7 is the anatomy's "jitter" row)
 # What the neighbour mask costs: the mechanism runs stop while the normal error still falls fast (600 steps on
 # mini_objects: 0.76 -> 0.73 over the last 200 steps, image AUROC +1.7 points) and before the vanilla transformer
-# copies (g 0.02), so these run 3 000 steps, evaluated every 500 (about 30-40 min per seed on one thread).
+# copies (g 0.02), so these run 3 000 steps, evaluated every 500 (measured: 26-27 min per seed on one thread).
 _MASK_COST = ("train.steps=3000", "eval.every=500", SEEDS)
 _ONE_SEED = ("train.steps=600", "eval.every=60", "train.seeds=[0]")
 _ABLATION = ("train.steps=400", "eval.every=100", "train.seeds=[0]")
