@@ -23,7 +23,8 @@ __all__ = ["MODEL_COLORS", "METRIC_LABELS", "set_style", "denormalize", "anomaly
            "save_figure"]
 
 METRIC_LABELS = {"loss": "training loss", "image_AUROC": "image AUROC", "pixel_AUROC": "pixel AUROC",
-                 "image_AP": "image AP", "pixel_AP": "pixel AP", "pixel_AUPRO": "pixel AUPRO", "mAD": "mAD"}
+                 "image_AP": "image AP", "pixel_AP": "pixel AP", "pixel_AUPRO": "pixel AUPRO", "mAD": "mAD",
+                 "normal_error": "normal error / feature norm", "copy_gain": "copy gain g"}
 
 _palette = sns.color_palette("colorblind")
 MODEL_COLORS = {

@@ -35,7 +35,7 @@ from .train import Config, anomaly_maps, build_model, copy_probe, load_features,
 
 __all__ = ["MODELS", "ANATOMY", "WINDOWS", "PAPER_STEPS", "PAPER_BATCH", "Shortcut", "cached_or_skip", "load",
            "provenance", "schedule_table", "block_errors", "plot_live", "kept_table", "plot_copy_gain",
-           "decoded_pictures", "auroc_curves", "auroc_stats", "final_rows", "mechanism_table", "width_table",
+           "decoded_pictures", "auroc_curves", "auroc_stats", "seed_by_seed", "final_rows", "mechanism_table", "width_table",
            "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table", "verdict"]
 
 MODELS = ("mlp", "cnn", "transformer", "uniad")   # the four panels of UniAD Fig. 2a
@@ -423,6 +423,29 @@ def _auroc_stats(summaries: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return table
 
 
+
+_SEED_METRICS = ("loss", "normal_error", "copy_gain", "image_AUROC", "pixel_AUROC")
+
+
+def seed_by_seed(sc: Shortcut, model: str = "uniad", *, every: int = 2000):
+    """One model's curves seed by seed, not averaged: whether and when each seed leaves a plateau is hidden
+    by a mean ± std. Figure: loss, normal error, g and image AUROC against the step, one line per seed.
+    Table: per seed, the class-mean row at every ``every``-th step and at the last (AUROCs in %).
+    Returns (fig, table)."""
+    curves = {int(p.parent.name[4:]): pd.read_csv(p) for p in sorted(Path(sc.runs[model]).glob("seed*/curves.csv"))}
+    rows = {s: c[c.cls == "mean"].set_index("step").sort_index().reindex(columns=list(_SEED_METRICS))
+            for s, c in curves.items()}
+    long = {f"{model} · seed {s}": r.reset_index().melt(id_vars="step", var_name="metric", value_name="mean")
+            .assign(cls="mean", std=np.nan) for s, r in rows.items()}
+    styles = {label: {"ls": ("-", "--", "-.", ":")[k % 4]} for k, label in enumerate(long)}
+    fig = plots.training_curves(long, ("loss", "normal_error", "copy_gain", "image_AUROC"), styles=styles)
+    fig.suptitle(f"{model} seed by seed ({sc.session.mode} mode)", fontsize=11)
+    picked = {s: r.loc[[t for t in r.index if t % every == 0 or t == r.index.max()]] for s, r in rows.items()}
+    table = pd.concat(picked, names=["seed", "step"])
+    table[["image_AUROC", "pixel_AUROC"]] *= 100
+    return fig, table
+
+
 # ----------------------------------------------------------------------------- the mechanism in isolation
 
 def final_rows(run: str | Path) -> dict[str, float]:
@@ -579,10 +602,10 @@ def _fmt(values: dict, digits: int = 2) -> str:
 
 def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | None = None,
             anatomy: pd.DataFrame | None = None, donors: pd.DataFrame | None = None,
-            mask_cost: pd.DataFrame | None = None) -> str:
+            mask_cost: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None) -> str:
     """What the numbers say, as sentences built from the tables (:func:`kept_table`, :func:`auroc_stats`,
     :func:`width_table`, :func:`mechanism_table` of ``ANATOMY``, :func:`donor_table`,
-    :func:`mask_cost_table`); a missing table gives a sentence saying so."""
+    :func:`mask_cost_table`, UniAD's :func:`seed_by_seed`); a missing table gives a sentence saying so."""
     lines = []
     final = kept.groupby(level="model").tail(1).reset_index(level="step")     # the last kept step per model
     g = final["copy_gain"].to_dict()
@@ -620,6 +643,15 @@ def verdict(kept: pd.DataFrame, stats: pd.DataFrame, *, width: pd.DataFrame | No
             lines.append(f"The model that copies most ({most}, g {g[most]:.2f}) ends at {ends[most]:.1f}, the one that "
                          f"copies least ({least}, g {g[least]:.2f}) at {ends[least]:.1f}: AUROC "
                          f"{'follows' if ends[least] > ends[most] else 'does NOT follow'} g here.")
+    if seeds is not None and len(seeds):
+        parts = []
+        for seed, rows in seeds.groupby(level="seed"):
+            rows = rows.droplevel("seed")
+            first, last = rows.index[rows.index > 0].min(), rows.index.max()
+            parts.append(f"seed {seed}: image AUROC {rows.loc[first, 'image_AUROC']:.1f} → {rows.loc[last, 'image_AUROC']:.1f}, "
+                         f"normal error {rows.loc[first, 'normal_error']:.2f} → {rows.loc[last, 'normal_error']:.2f}, "
+                         f"g {rows.loc[first, 'copy_gain']:.2f} → {rows.loc[last, 'copy_gain']:.2f}")
+        lines.append(f"UniAD seed by seed, from step {first} to step {last}: " + "; ".join(parts) + ".")
     kinds = [c for c in final.columns if c.startswith("image_AUROC_")]
     if kinds:
         best = {c.removeprefix("image_AUROC_"): f"{final[c].idxmax()} {100 * final[c].max():.1f}" for c in kinds}

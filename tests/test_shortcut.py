@@ -218,6 +218,29 @@ def test_kept_table_reads_logged_steps_and_scores_the_others_like_scikit_learn(t
         assert plot[0].axes
 
 
+
+def test_seed_by_seed_keeps_each_seeds_own_rows_at_every_kth_step_and_the_last(tmp_path):
+    made = {}
+    for seed, shift in ((0, 0.0), (3, 0.1)):   # seeds need not be 0..n-1
+        rows = []
+        for step in range(0, 5001, 500):
+            made[(seed, step)] = {"loss": 20 - step / 500 - 10 * shift, "normal_error": 1 - step / 1e4,
+                                  "copy_gain": shift + step / 1e5, "image_AUROC": 0.6 + shift + step / 1e5,
+                                  "pixel_AUROC": 0.7 + step / 1e5}
+            rows += [{"cls": "mean", "step": step, **made[(seed, step)]},
+                     {"cls": "a", "step": step, **{k: -1.0 for k in made[(seed, step)]}}]
+        write_curves(tmp_path / f"seed{seed}", rows[::-1])   # out of order on disk
+    sc = SimpleNamespace(runs={"uniad": tmp_path}, session=SimpleNamespace(mode="quick"))
+    fig, table = shortcut.seed_by_seed(sc, "uniad", every=2000)
+    assert list(table.index) == [(s, t) for s in (0, 3) for t in (0, 2000, 4000, 5000)]
+    for (seed, step), row in table.iterrows():
+        want = made[(seed, step)]
+        assert row["loss"] == pytest.approx(want["loss"]) and row["copy_gain"] == pytest.approx(want["copy_gain"])
+        assert row["image_AUROC"] == pytest.approx(100 * want["image_AUROC"])
+        assert row["pixel_AUROC"] == pytest.approx(100 * want["pixel_AUROC"])
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2, 2, 2]   # one line per seed in each panel, none averaged
+
+
 # ----------------------------------------------------------------------------- the verdict
 
 def tables(g, final_image, final_std=(0.2, 0.3, 0.1, 0.1)):
@@ -293,6 +316,12 @@ def test_the_verdict_reads_the_width_anatomy_and_donor_tables():
     text = shortcut.verdict(kept, stats, mask_cost=cost)
     assert "(with − without, mean per kind; no mask 3000 steps, 1 seed; mask 3000 steps, 3 seeds): textures:" in text
     assert "by at most 0.020 (copy gain without → with the mask: 0.40 → 0.01 on textures, 0.20 → 0.02 on objects)." in text
+    seeds = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1], "step": [0, 2000, 4000] * 2,
+                          "image_AUROC": [60.0, 74.5, 81.3, 60.1, 74.0, 74.4], "normal_error": [1.0, 0.74, 0.56, 1.0, 0.75, 0.73],
+                          "copy_gain": [0.0, 0.003, 0.229, 0.0, 0.001, 0.012]}).set_index(["seed", "step"])
+    text = shortcut.verdict(kept, stats, seeds=seeds)
+    assert ("UniAD seed by seed, from step 2000 to step 4000: seed 0: image AUROC 74.5 → 81.3, normal error 0.74 → "
+            "0.56, g 0.00 → 0.23; seed 1: image AUROC 74.0 → 74.4, normal error 0.75 → 0.73, g 0.00 → 0.01.") in text
 
 
 def test_the_width_figure_is_drawn_with_only_the_linear_reference():
