@@ -37,8 +37,7 @@ from torch import Tensor, nn
 
 from .features import FeatureSet
 
-__all__ = ["DONORS", "Probe", "gain_and_leak", "transplant_probe", "twin_probe", "copying", "per_class", "linear_gain",
-           "run_steps"]
+__all__ = ["DONORS", "Probe", "gain_and_leak", "transplant_probe", "twin_probe", "copying", "per_class", "linear_gain"]
 
 DONORS = ("other_class", "same_class", "train")
 
@@ -207,18 +206,3 @@ def linear_gain(train: FeatureSet, probe: Probe, widths) -> dict[int, float]:
     energy = delta.square().sum()
     return {d: (delta @ vh[:d].T).square().sum().item() / energy.item() for d in widths}
 
-
-# ----------------------------------------------------------------------------- over a run's kept weights
-
-def run_steps(run) -> list[int]:
-    """The steps whose weights a run (or cached result) kept, its first seed: 0 (the seeded initial weights,
-    always available), every ``weights_step<k>.pt`` and the final step."""
-    from pathlib import Path
-
-    import yaml
-
-    run = Path(run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    folder = run / f"seed{cfg['train']['seeds'][0]}"
-    kept = sorted(int(p.stem[len("weights_step"):]) for p in folder.glob("weights_step*.pt"))
-    return sorted({0, *kept, cfg["train"]["steps"]})

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from . import plots, results
-from .copying import Probe, copying, gain_and_leak, linear_gain, run_steps, transplant_probe, twin_probe
+from .copying import Probe, copying, gain_and_leak, linear_gain, transplant_probe, twin_probe
 from .data.datasets import MINI_DATASETS
 from .data.mini import TEXTURE_CLASSES
 from .evaluation import evaluate_maps
 from .features import FeatureSet
-from .train import Config, anomaly_maps, build_model, copy_probe, load_features, load_model, summarise
+from .train import Config, anomaly_maps, build_model, copy_probe, kept_steps, load_features, load_model, summarise
 
 __all__ = ["MODELS", "ANATOMY", "WINDOWS", "PAPER_STEPS", "PAPER_BATCH", "Shortcut", "cached_or_skip", "load",
            "provenance", "schedule_table", "block_errors", "plot_live", "kept_table", "plot_copy_gain",
@@ -234,7 +234,7 @@ def plot_live(history: list[dict], snapshots: dict[int, nn.Module], probe: Probe
 # ----------------------------------------------------------------------------- the four long runs
 
 def kept_table(sc: Shortcut, *, device: str | torch.device = "cpu") -> pd.DataFrame:
-    """Per model and kept step of its first seed (:func:`adnotes.copying.run_steps`): the copy gain and leak
+    """Per model and kept step of its first seed (:func:`adnotes.train.kept_steps`): the copy gain and leak
     on the transplant probe with the block's visibility and the normal error (:func:`block_errors`), the
     twin gain on real defects, and the image AUROC, overall and per defect kind (``image_AUROC_<kind>``).
     The AUROCs are the run's own curves.csv row at that step when it has the per-kind columns, else the
@@ -243,7 +243,7 @@ def kept_table(sc: Shortcut, *, device: str | torch.device = "cpu") -> pd.DataFr
     twin = twin_probe(sc.test, sc.twins) if sc.twins is not None else None
     rows = []
     for m, run in sc.runs.items():
-        steps, ev = run_steps(run), _run_config(run).eval
+        steps, ev = kept_steps(run), _run_config(run).eval
         logged = _logged_kinds(run)
         for step in steps:
             model = load_model(run, step=None if step == steps[-1] else step, features=sc.test, device=device)
@@ -347,7 +347,7 @@ def decoded_pictures(sc: Shortcut, decoder: nn.Module, *, device: str | torch.de
     truth = render(decoder, x)                                                 # (3, s, s, 3) uint8
     pictures, numbers = {}, {}
     for m, run in sc.runs.items():
-        steps = run_steps(run)
+        steps = kept_steps(run)
         for step in steps[1:] if len(steps) <= 4 else [steps[1], steps[-2], steps[-1]]:   # at most 3 per model
             model = load_model(run, step=None if step == steps[-1] else step, features=sc.test, device=device)
             with torch.no_grad():

@@ -952,6 +952,15 @@ def load_model(run: str | Path, *, seed: int | None = None, cls: str | None = No
     return model.eval()
 
 
+def kept_steps(run: str | Path) -> list[int]:
+    """The steps :func:`load_model` can load for a run's first seed: 0 (the seeded initial weights, always
+    available), every kept ``weights_step<k>.pt`` (``eval.keep_steps``) and the final step."""
+    cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
+    folder = Path(run) / f"seed{cfg['train']['seeds'][0]}"
+    kept = (int(p.stem[len("weights_step"):]) for p in folder.glob("weights_step*.pt"))
+    return sorted({0, *kept, cfg["train"]["steps"]})
+
+
 def evaluate_run(run: str | Path, features: tuple[FeatureSet, FeatureSet] | None = None) -> pd.DataFrame:
     """The per-class table of a run's final checkpoints (mean over seeds; separate mode: per class)."""
     run_dir = Path(run) if Path(run).is_dir() else runs_dir() / run
