@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,9 @@ def _for_reading(nb):
     return nb
 
 
+_TEX = re.compile(r"\$[^$\n]+\$|\\\(|\\\[")   # $…$, \( or \[ in a markdown cell
+
+
 def render_html(nb, dest: Path) -> Path:
     """Write an executed notebook as readable copies: ``dest`` (a static HTML page: nbconvert's basic
     template, code highlighted, a small stylesheet) and, beside it, the executed ``.ipynb``, which code
@@ -145,8 +149,10 @@ def render_html(nb, dest: Path) -> Path:
     nb = _for_reading(nb)
     body, _ = HTMLExporter(template_name="basic").from_notebook_node(nb)
     title = next((c.source.lstrip("# ").splitlines()[0] for c in nb.cells if c.cell_type == "markdown"), dest.stem)
+    # Our markdown writes formulas in Unicode; MathJax (from a CDN: raw TeX offline) only for a page with TeX.
+    tex = any(_TEX.search(c.source) for c in nb.cells if c.cell_type == "markdown")
     mathjax = ('<script>window.MathJax = {tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]]}};</script>\n'
-               '<script async src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>\n')
+               '<script async src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>\n') if tex else ""
     css = _STYLE + HtmlFormatter().get_style_defs(".highlight")
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest.with_suffix(".ipynb"))

@@ -105,3 +105,15 @@ def test_rendered_pictures_are_small_and_look_the_same():
     back = np.asarray(Image.open(io.BytesIO(base64.b64decode(small))).convert("RGB")).astype(int)
     assert back.shape == picture.shape and len(small) < 0.5 * len(base64.b64encode(buffer.getvalue()))
     assert np.abs(back - picture).mean() < 4  # 256 colours of a smooth three-channel gradient
+
+
+def test_a_rendered_page_loads_nothing_from_the_network_unless_it_has_tex(tmp_path):
+    from adnotes.figures import render_html
+
+    unicode_only = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t\n\ng = Σ⟨Δf, δ⟩ / Σ‖δ‖², costs 5 $")])
+    page = render_html(unicode_only, tmp_path / "a.html").read_text()
+    assert "<script" not in page and "g = Σ⟨Δf, δ⟩" in page
+    for source in ("# t\n\n$x^2$ inline", "# t\n\n\\(x\\) inline", "# t\n\n\\[x\\] display"):
+        page = render_html(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(source)]),
+                           tmp_path / "b.html").read_text()
+        assert "mathjax" in page, source
