@@ -35,7 +35,7 @@ from .train import Config, anomaly_maps, build_model, copy_probe, kept_steps, lo
 
 __all__ = ["MODELS", "ANATOMY", "WINDOWS", "PAPER_STEPS", "PAPER_BATCH", "Shortcut", "cached_or_skip", "load",
            "provenance", "schedule_table", "block_errors", "plot_live", "kept_table", "plot_copy_gain",
-           "decoded_pictures", "auroc_curves", "auroc_stats", "seed_by_seed", "final_rows", "mechanism_table", "width_table",
+           "decoded_pictures", "auroc_curves", "auroc_stats", "seed_by_seed", "attention_by_step", "final_rows", "mechanism_table", "width_table",
            "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table", "verdict"]
 
 MODELS = ("mlp", "cnn", "transformer", "uniad")   # the four panels of UniAD Fig. 2a
@@ -444,6 +444,29 @@ def seed_by_seed(sc: Shortcut, model: str = "uniad", *, every: int = 2000):
     table = pd.concat(picked, names=["seed", "step"])
     table[["image_AUROC", "pixel_AUROC"]] *= 100
     return fig, table
+
+
+
+def attention_by_step(sc: Shortcut, model: str = "uniad", *, every: int = 12,
+                      device: str | torch.device = "cpu") -> pd.DataFrame:
+    """What changes in a model's attention over training: at each kept step of its first seed, on every
+    ``every``-th test image, per attention module the effective number of keys a token reads and the share
+    of its attention that is the same in every image (:func:`adnotes.uniad_steps.attention_spread`).
+    Columns (quantity, step); rows: module."""
+    from .models.uniad import neighbor_mask, recording_attention
+    from .uniad_steps import attention_spread
+
+    run, x = sc.runs[model], sc.test.take(torch.arange(0, len(sc.test), every), device)   # (B, C, h, w)
+    tables = {}
+    for step in kept_steps(run):
+        m = load_model(run, step=None if step == kept_steps(run)[-1] else step, features=sc.test, device=device)
+        with torch.no_grad(), recording_attention(m) as weights:
+            m(x)
+        if not weights:
+            raise ValueError(f"{model} has no attention to record")
+        c = m.config
+        tables[step] = attention_spread({k: a.cpu() for k, a in weights.items()}, neighbor_mask(*c.feature_size, c.neighbor_size))
+    return pd.concat(tables, axis=1).swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
 
 
 # ----------------------------------------------------------------------------- the mechanism in isolation

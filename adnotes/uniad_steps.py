@@ -93,12 +93,16 @@ def attention_share(attention: dict[str, dict[str, Tensor]], window: Tensor, def
 
 
 def attention_spread(weights: dict[str, Tensor], mask: Tensor) -> pd.DataFrame:
-    """Per module, over all images and query tokens: the mean attention share in the token's own window (the
-    keys ``mask`` blocks, (HW, HW) bool) and the effective number of keys it reads, exp(entropy) (1 for one
-    key, HW for uniform). ``weights``: module -> (B, HW, HW) attention rows, as ``uniad.recording_attention``."""
+    """Per module, over all images and query tokens, means of: the attention share in the token's own window
+    (the keys ``mask`` blocks, (HW, HW) bool) and on the token itself; the effective number of keys it reads,
+    exp(entropy) (1 for one key, HW for uniform); the share that is the same in every image, Σ_k min(a_k, ā_k)
+    with ā the mean row over the B images (1: where a token looks depends on its position only, as it does
+    for uniform attention too). ``weights``: module -> (B, HW, HW) rows, as ``uniad.recording_attention``."""
     return pd.DataFrame({name: {
         "share in own window": float((a * mask).sum(-1).mean()),
-        "effective keys": float(torch.exp(-(a * a.clamp_min(1e-12).log()).sum(-1)).mean())}
+        "share on itself": float(a.diagonal(dim1=-2, dim2=-1).mean()),
+        "effective keys": float(torch.exp(-(a * a.clamp_min(1e-12).log()).sum(-1)).mean()),
+        "same in every image": float(torch.minimum(a, a.mean(0, keepdim=True)).sum(-1).mean())}
         for name, a in weights.items()}).T
 
 

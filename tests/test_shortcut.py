@@ -217,6 +217,18 @@ def test_kept_table_reads_logged_steps_and_scores_the_others_like_scikit_learn(t
     for plot in (shortcut.plot_copy_gain(sc, kept), shortcut.auroc_curves(sc)):
         assert plot[0].axes
 
+    from scipy.stats import entropy
+
+    from adnotes.models.uniad import recording_attention
+
+    attn = shortcut.attention_by_step(sc, "uniad", every=2)   # every other test image, at each kept step
+    assert list(attn["effective keys"].columns) == [0, 3, 6]
+    with torch.no_grad(), recording_attention(model) as weights:
+        model(test.take(torch.arange(0, len(test), 2)))
+    for name, a in weights.items():   # step 3, by hand: exp(Shannon entropy) per row, the diagonal
+        assert attn.loc[name, ("effective keys", 3)] == pytest.approx(np.exp(entropy(a.numpy(), axis=-1)).mean(), rel=1e-5)
+        assert attn.loc[name, ("share on itself", 3)] == pytest.approx(np.einsum("bii->bi", a.numpy()).mean(), abs=1e-6)
+
 
 
 def test_seed_by_seed_keeps_each_seeds_own_rows_at_every_kth_step_and_the_last(tmp_path):

@@ -106,6 +106,12 @@ def test_attention_spread_of_uniform_and_one_hot_attention():
     assert spread.loc["one hot", "effective keys"] == pytest.approx(1, rel=1e-5)
     assert spread.loc["uniform", "share in own window"] == pytest.approx(float(mask.sum()) / hw / hw)
     assert spread.loc["one hot", "share in own window"] == pytest.approx(float(mask.diagonal().float().mean()))
+    assert spread.loc["one hot", "share on itself"] == 1 and spread.loc["uniform", "share on itself"] == pytest.approx(1 / hw)
+    shifted = torch.stack([torch.eye(hw), torch.eye(hw).roll(1, dims=1)])   # image 1 looks one key further
+    both = uniad_steps.attention_spread({"same": one_hot, "uniform": uniform, "shifted": shifted}, mask)
+    assert both.loc["same", "same in every image"] == 1 and both.loc["uniform", "same in every image"] == pytest.approx(1)
+    assert both.loc["shifted", "same in every image"] == pytest.approx(0.5)   # Σ min(one-hot, half of it) = 1/2
+    assert both.loc["shifted", "share on itself"] == pytest.approx(0.5)
 
 
 def test_plot_neighbor_mask_counts_blocked_keys_like_a_brute_force_window():
