@@ -452,7 +452,7 @@ def attention_by_step(sc: Shortcut, model: str = "uniad", *, every: int = 12,
     """What changes in a model's attention over training: at each kept step of its first seed, on every
     ``every``-th test image, per attention module the effective number of keys a token reads and the share
     of its attention that is the same in every image (:func:`adnotes.uniad_steps.attention_spread`).
-    Columns (quantity, step); rows: module."""
+    Rows (module, quantity); columns: the step."""
     from .models.uniad import neighbor_mask, recording_attention
     from .uniad_steps import attention_spread
 
@@ -466,7 +466,7 @@ def attention_by_step(sc: Shortcut, model: str = "uniad", *, every: int = 12,
             raise ValueError(f"{model} has no attention to record")
         c = m.config
         tables[step] = attention_spread({k: a.cpu() for k, a in weights.items()}, neighbor_mask(*c.feature_size, c.neighbor_size))
-    return pd.concat(tables, axis=1).swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    return pd.concat({step: t.stack() for step, t in tables.items()}, axis=1).rename_axis(["module", "quantity"])
 
 
 # ----------------------------------------------------------------------------- the mechanism in isolation
