@@ -447,26 +447,28 @@ def seed_by_seed(sc: Shortcut, model: str = "uniad", *, every: int = 2000):
 
 
 
-def attention_by_step(sc: Shortcut, model: str = "uniad", *, every: int = 12,
+def attention_by_step(sc: Shortcut, models: tuple[str, ...] = ("transformer", "uniad"), *, every: int = 12,
                       device: str | torch.device = "cpu") -> pd.DataFrame:
-    """What changes in a model's attention over training: at each kept step of its first seed, on every
-    ``every``-th test image, per attention module the effective number of keys a token reads and the share
-    of its attention that is the same in every image (:func:`adnotes.uniad_steps.attention_spread`).
-    Rows (module, quantity); columns: the step."""
+    """What changes in the attention over training: at each kept step of each model's first seed, on every
+    ``every``-th test image, per attention module the share of a token's attention on itself and in its own
+    window, the effective number of keys it reads, and the share that is the same in every image
+    (:func:`adnotes.uniad_steps.attention_spread`). Rows (module, quantity); columns (model, step)."""
     from .models.uniad import neighbor_mask, recording_attention
     from .uniad_steps import attention_spread
 
-    run, x = sc.runs[model], sc.test.take(torch.arange(0, len(sc.test), every), device)   # (B, C, h, w)
+    x = sc.test.take(torch.arange(0, len(sc.test), every), device)   # (B, C, h, w)
     tables = {}
-    for step in kept_steps(run):
-        m = load_model(run, step=None if step == kept_steps(run)[-1] else step, features=sc.test, device=device)
-        with torch.no_grad(), recording_attention(m) as weights:
-            m(x)
-        if not weights:
-            raise ValueError(f"{model} has no attention to record")
-        c = m.config
-        tables[step] = attention_spread({k: a.cpu() for k, a in weights.items()}, neighbor_mask(*c.feature_size, c.neighbor_size))
-    return pd.concat({step: t.stack() for step, t in tables.items()}, axis=1).rename_axis(["module", "quantity"])
+    for model in models:
+        steps = kept_steps(sc.runs[model])
+        for step in steps:
+            m = load_model(sc.runs[model], step=None if step == steps[-1] else step, features=sc.test, device=device)
+            with torch.no_grad(), recording_attention(m) as weights:
+                m(x)
+            if not weights:
+                raise ValueError(f"{model} has no attention to record")
+            window = neighbor_mask(*m.config.feature_size, m.config.neighbor_size)   # (HW, HW) the own window
+            tables[(model, step)] = attention_spread({k: a.cpu() for k, a in weights.items()}, window).stack()
+    return pd.concat(tables, axis=1, names=["model", "step"]).rename_axis(["module", "quantity"])
 
 
 # ----------------------------------------------------------------------------- the mechanism in isolation

@@ -221,13 +221,13 @@ def test_kept_table_reads_logged_steps_and_scores_the_others_like_scikit_learn(t
 
     from adnotes.models.uniad import recording_attention
 
-    attn = shortcut.attention_by_step(sc, "uniad", every=2)   # every other test image, at each kept step
-    assert list(attn.columns) == [0, 3, 6]
+    attn = shortcut.attention_by_step(sc, ("uniad",), every=2)   # every other test image, at each kept step
+    assert list(attn.columns) == [("uniad", 0), ("uniad", 3), ("uniad", 6)]
     with torch.no_grad(), recording_attention(model) as weights:
         model(test.take(torch.arange(0, len(test), 2)))
     for name, a in weights.items():   # step 3, by hand: exp(Shannon entropy) per row, the diagonal
-        assert attn.loc[(name, "effective keys"), 3] == pytest.approx(np.exp(entropy(a.numpy(), axis=-1)).mean(), rel=1e-5)
-        assert attn.loc[(name, "share on itself"), 3] == pytest.approx(np.einsum("bii->bi", a.numpy()).mean(), abs=1e-6)
+        assert attn.loc[(name, "effective keys"), ("uniad", 3)] == pytest.approx(np.exp(entropy(a.numpy(), axis=-1)).mean(), rel=1e-5)
+        assert attn.loc[(name, "share on itself"), ("uniad", 3)] == pytest.approx(np.einsum("bii->bi", a.numpy()).mean(), abs=1e-6)
 
 
 
