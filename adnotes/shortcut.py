@@ -35,8 +35,8 @@ from .train import Config, anomaly_maps, build_model, copy_probe, kept_steps, lo
 
 __all__ = ["MODELS", "ANATOMY", "WINDOWS", "PAPER_STEPS", "PAPER_BATCH", "Shortcut", "cached_or_skip", "load",
            "provenance", "schedule_table", "block_errors", "plot_live", "kept_table", "plot_copy_gain",
-           "decoded_pictures", "auroc_curves", "auroc_stats", "seed_by_seed", "attention_by_step", "final_rows", "mechanism_table", "width_table",
-           "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table", "verdict"]
+           "decoded_pictures", "auroc_curves", "auroc_stats", "seed_by_seed", "attention_by_step", "final_rows",
+           "mechanism_table", "width_table", "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table", "verdict"]
 
 MODELS = ("mlp", "cnn", "transformer", "uniad")   # the four panels of UniAD Fig. 2a
 ANATOMY = {"anatomy_transformer": "vanilla transformer (one query)", "anatomy_nma": "+ neighbour mask",
@@ -423,7 +423,6 @@ def _auroc_stats(summaries: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return table
 
 
-
 _SEED_METRICS = ("loss", "normal_error", "copy_gain", "image_AUROC", "pixel_AUROC")
 
 
@@ -444,7 +443,6 @@ def seed_by_seed(sc: Shortcut, model: str = "uniad", *, every: int = 2000):
     table = pd.concat(picked, names=["seed", "step"])
     table[["image_AUROC", "pixel_AUROC"]] *= 100
     return fig, table
-
 
 
 def attention_by_step(sc: Shortcut, models: tuple[str, ...] = ("transformer", "uniad"), *, every: int = 12,
