@@ -36,7 +36,8 @@ from .train import Config, anomaly_maps, build_model, copy_probe, kept_steps, lo
 __all__ = ["MODELS", "ANATOMY", "WINDOWS", "PAPER_STEPS", "PAPER_BATCH", "Shortcut", "cached_or_skip", "load",
            "provenance", "schedule_table", "block_errors", "plot_live", "kept_table", "plot_copy_gain",
            "decoded_pictures", "auroc_curves", "auroc_stats", "seed_by_seed", "attention_by_step", "final_rows",
-           "mechanism_table", "width_table", "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table", "verdict"]
+           "mechanism_table", "width_table", "plot_width", "donor_gains", "donor_table", "MASK_COST", "mask_cost_table",
+           "verdict"]
 
 MODELS = ("mlp", "cnn", "transformer", "uniad")   # the four panels of UniAD Fig. 2a
 ANATOMY = {"anatomy_transformer": "vanilla transformer (one query)", "anatomy_nma": "+ neighbour mask",
