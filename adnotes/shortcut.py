@@ -247,7 +247,7 @@ def kept_table(sc: Shortcut, *, device: str | torch.device = "cpu") -> pd.DataFr
         steps, ev = kept_steps(run), _run_config(run).eval
         logged = _logged_kinds(run)
         for step in steps:
-            model = load_model(run, step=None if step == steps[-1] else step, features=sc.test, device=device)
+            model = load_model(run, step=step, features=sc.test, device=device)
             if step in logged.index:
                 auroc = logged.loc[step].to_dict()
             else:
@@ -350,7 +350,7 @@ def decoded_pictures(sc: Shortcut, decoder: nn.Module, *, device: str | torch.de
     for m, run in sc.runs.items():
         steps = kept_steps(run)
         for step in steps[1:] if len(steps) <= 4 else [steps[1], steps[-2], steps[-1]]:   # at most 3 per model
-            model = load_model(run, step=None if step == steps[-1] else step, features=sc.test, device=device)
+            model = load_model(run, step=step, features=sc.test, device=device)
             with torch.no_grad():
                 decoded = render(decoder, model(x))
             diff = np.abs(decoded.astype(np.float32) - truth.astype(np.float32)).mean(-1)   # (3, s, s)
@@ -458,9 +458,8 @@ def attention_by_step(sc: Shortcut, models: tuple[str, ...] = ("transformer", "u
     x = sc.test.take(torch.arange(0, len(sc.test), every), device)   # (B, C, h, w)
     tables = {}
     for model in models:
-        steps = kept_steps(sc.runs[model])
-        for step in steps:
-            m = load_model(sc.runs[model], step=None if step == steps[-1] else step, features=sc.test, device=device)
+        for step in kept_steps(sc.runs[model]):
+            m = load_model(sc.runs[model], step=step, features=sc.test, device=device)
             with torch.no_grad(), recording_attention(m) as weights:
                 m(x)
             if not weights:

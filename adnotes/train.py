@@ -925,12 +925,13 @@ def load_model(run: str | Path, *, seed: int | None = None, cls: str | None = No
     """A trained model of a run folder (or of a cached result), in eval mode.
 
     ``seed``: the run's first seed by default; ``cls``: the class of a separate-mode run; ``step``:
-    the weights kept at that step (``eval.keep_steps``), else the final ones. The model is
+    the weights kept at that step (``eval.keep_steps``; the run's last step is its final weights, kept
+    or not), else the final ones. The model is
     sized from ``features`` or, without them, from the run's data config (loads the cached features)."""
     run_dir = Path(run)
     cfg = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     folder = run_dir / f"seed{cfg.train.seeds[0] if seed is None else seed}" / (cls or "")
-    if step is not None:
+    if step is not None and (step != cfg.train.steps or (folder / f"weights_step{step}.pt").is_file()):
         path = folder / f"weights_step{step}.pt"
     else:
         path = next((p for p in (folder / "weights.pt", folder / "checkpoint.pt") if p.is_file()), folder / "weights.pt")

@@ -255,6 +255,12 @@ def test_keep_steps_saves_the_weights_at_those_steps(tmp_path):
     last = torch.load(run / "seed0" / "weights_step6.pt", weights_only=True)
     final = torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(last[k], final[k]) for k in final)
+    cfg.eval.keep_steps = [3]  # the last step without its own weights file: the final weights
+    run = train(cfg, "w3", runs=tmp_path, features=feats)
+    assert trainer.kept_steps(run) == [0, 3, 6]
+    at_end = trainer.load_model(run, step=6, features=feats[1]).state_dict()
+    final = torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(at_end[k], final[k]) for k in final)
 
 
 # ----------------------------------------------------------------------------- checkpoints (issue 13)
